@@ -1,0 +1,56 @@
+// Helpers shared by the test suites: random inputs, relative error against a reference, skips.
+#pragma once
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace seqtrain::testing {
+
+// Fresh random values in [lo, hi) (never zeros); `salt` varies the stream between calls.
+inline Tensor random_tensor(const Shape& shape, DType dtype = DType::F64, Device device = Device::cpu(),
+                            uint64_t salt = 0, double lo = -1.0, double hi = 1.0) {
+  static uint64_t counter = 0;
+  return Tensor::uniform(shape, lo, hi, 0x5eed5eedULL + salt, ++counter, dtype, device);
+}
+
+// ||a - b|| / ||b|| over all elements (NaN if either holds a NaN).
+inline double rel_error(const std::vector<double>& a, const std::vector<double>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    if (std::isnan(a[i]) || std::isnan(b[i])) return NAN;
+    num += (a[i] - b[i]) * (a[i] - b[i]);
+    den += b[i] * b[i];
+  }
+  return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+}
+inline double rel_error(const Tensor& a, const Tensor& b) {
+  EXPECT_EQ(shape_str(a.shape()), shape_str(b.shape()));
+  return rel_error(a.to_vector(), b.to_vector());
+}
+
+inline double max_abs_diff(const Tensor& a, const Tensor& b) {
+  std::vector<double> x = a.to_vector(), y = b.to_vector();
+  double m = 0;
+  for (size_t i = 0; i < x.size(); ++i) m = std::max(m, std::isnan(x[i] - y[i]) ? INFINITY : std::abs(x[i] - y[i]));
+  return m;
+}
+
+}  // namespace seqtrain::testing
+
+// Expects `statement` to throw seqtrain::Error whose message contains every given fragment.
+#define EXPECT_ERROR_MENTIONS(statement, ...)                                              \
+  do {                                                                                     \
+    try {                                                                                  \
+      statement;                                                                           \
+      ADD_FAILURE() << "expected seqtrain::Error from " #statement;                        \
+    } catch (const ::seqtrain::Error& e) {                                                 \
+      for (const char* fragment : {__VA_ARGS__})                                           \
+        EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos)                 \
+            << "message '" << e.what() << "' lacks '" << fragment << "'";                  \
+    }                                                                                      \
+  } while (0)
