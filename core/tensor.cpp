@@ -37,18 +37,27 @@ Shape contiguous_strides(const Shape& s) {
 
 // ---------------------------------------------------------------- Storage
 
+namespace {
+bool g_poison = false;
+}
+void set_poison_allocations(bool on) { g_poison = on; }
+bool poison_allocations() { return g_poison; }
+
 Storage::Storage(size_t nbytes, Device device) : nbytes_(nbytes), device_(device) {
   if (device.is_cpu()) {
     // 64-byte alignment: whole cache lines, and any SIMD width the compiler picks.
     size_t rounded = (nbytes + 63) / 64 * 64;
     data_ = rounded ? std::aligned_alloc(64, rounded) : nullptr;
     ST_CHECK(!nbytes || data_, "out of host memory allocating ", nbytes, " bytes");
+    if (g_poison && data_) std::memset(data_, 0xFF, nbytes);
     return;
   }
 #ifdef SEQTRAIN_WITH_CUDA
   ST_CHECK(device.index < cuda_device_count(), "cannot allocate on ", device.str(), ": ",
            cuda_device_count(), " CUDA device(s) available");
   data_ = cuda::pool_alloc(nbytes, device.index);
+  if (g_poison && data_)
+    CUDA_CHECK(cudaMemsetAsync(data_, 0xFF, nbytes, cuda::compute_stream(device.index)));
 #else
   ST_THROW("cannot allocate on ", device.str(), ": seqtrain was built without CUDA (SEQTRAIN_CUDA=OFF)");
 #endif

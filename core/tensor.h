@@ -23,6 +23,11 @@ namespace autograd {
 class Node;
 }
 
+// Debugging aid for tests: when on, every new Storage is filled with 0xFF bytes (NaN in every
+// floating dtype, -1 in the integer ones), so an element a kernel forgot to write shows up.
+void set_poison_allocations(bool on);
+bool poison_allocations();
+
 // A block of memory on one device. CUDA blocks come from the stream-ordered pool of the device's
 // compute stream (core/cuda/runtime.h) and are returned to it when the last reference goes.
 class Storage {

@@ -95,15 +95,26 @@ void gemm_typed(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Te
            "gemm: a leading dim exceeds BLAS's 32-bit int: a ", a.desc(), ", b ", b.desc(), ", c ",
            c.desc());
 
-  // Many small products (attention heads) run one per thread; OpenBLAS then runs each on a
-  // single thread, since it detects the enclosing parallel region. Large ones use OpenBLAS's
-  // own threading. Either way each element of c is computed by one thread in one order.
-  const bool per_thread = batch > 1 && m * n * k <= (int64_t(1) << 18);
-#pragma omp parallel for schedule(static) if (per_thread)
-  for (int64_t i = 0; i < batch; ++i) {
-    blas_gemm(trans_a, trans_b, int(m), int(n), int(k), C(alpha), am.data + i * am.batch_stride,
-              int(am.ld), bm.data + i * bm.batch_stride, int(bm.ld), C(beta),
-              cp + i * c_batch_stride, int(ldc));
+  // OpenBLAS's own threading makes results depend on the thread count, so c is cut into fixed
+  // tiles (per batch), each one single-threaded sgemm/dgemm call, spread over our threads. The
+  // region is always entered: OpenBLAS runs single-threaded inside an active parallel region
+  // (and when only one OpenMP thread is allowed), so no call ever splits its work. Each tile's
+  // bits are a function of the shapes alone. 256 x 256 tiles keep the per-call packing of the
+  // A and B panels (256 * K elements each) small against the 2 * 256 * 256 * K FLOPs.
+  constexpr int64_t kTile = 256;
+  const int64_t tiles_m = (m + kTile - 1) / kTile, tiles_n = (n + kTile - 1) / kTile;
+  const int64_t ntasks = batch * tiles_m * tiles_n;
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t task = 0; task < ntasks; ++task) {
+    const int64_t i = task / (tiles_m * tiles_n);
+    const int64_t m0 = (task / tiles_n) % tiles_m * kTile, n0 = task % tiles_n * kTile;
+    const int64_t mt = std::min(kTile, m - m0), nt = std::min(kTile, n - n0);
+    // Rows m0.. of op(a) and columns n0.. of op(b), as offsets into the stored matrices.
+    const C* a_tile = am.data + i * am.batch_stride + (trans_a ? m0 : m0 * am.ld);
+    const C* b_tile = bm.data + i * bm.batch_stride + (trans_b ? n0 * bm.ld : n0);
+    C* c_tile = cp + i * c_batch_stride + m0 * ldc + n0;
+    blas_gemm(trans_a, trans_b, int(mt), int(nt), int(k), C(alpha), a_tile, int(am.ld), b_tile,
+              int(bm.ld), C(beta), c_tile, int(ldc));
   }
 
   if constexpr (!std::is_same_v<T, C>) {

@@ -145,18 +145,85 @@ struct BinaryFn {
   __device__ A operator()(A a, A b, A) const { return emath::binary(OP, a, b); }
 };
 
+// Loads V consecutive elements of an operand whose innermost coalesced stride is 1 (a 16-byte
+// pack: pointer and offsets are pack-aligned) or 0 (one broadcast value).
+template <class T, int V>
+__device__ __forceinline__ Pack<T, V> load_inner(const T* p, bool unit_stride) {
+  if (unit_stride) return load_pack<V>(p);
+  Pack<T, V> out;
+  const T x = *p;
+#pragma unroll
+  for (int j = 0; j < V; ++j) out.v[j] = x;
+  return out;
+}
+
 // out[i] = a[off_a(i)] op b[off_b(i)] for broadcast (stride-0) or otherwise strided a, b and
 // contiguous out. n elements: 1 FLOP each, up to 3 * n * sizeof(T) bytes (broadcast operands are
-// mostly cache hits); bound by memory, with one Index divmod per coalesced dim beyond the first.
-template <class T, BinaryOp OP, class Index>
+// mostly cache hits); bound by memory. With VEC (innermost coalesced dim a multiple of kVec with
+// stride 0 or 1 in both operands, e.g. a bias over rows) each thread does a 16-byte pack per
+// offset computation; otherwise one element, with one Index divmod per coalesced dim beyond
+// the first.
+template <class T, BinaryOp OP, class Index, bool VEC>
 __global__ void binary_strided_kernel(int64_t n, T* __restrict__ out, const T* __restrict__ a,
                                       const T* __restrict__ b, OffsetCalc<2, Index> calc) {
   const int64_t nthreads = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += nthreads) {
-    Index off[2];
-    calc.get(Index(i), off);
-    out[i] = to_storage<T>(emath::binary(OP, to_acc(a[off[0]]), to_acc(b[off[1]])));
+  const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if constexpr (VEC) {
+    constexpr int V = kVec<T>;
+    const bool a_unit = calc.strides[0][0] == 1, b_unit = calc.strides[1][0] == 1;
+    for (int64_t g = tid; g < n / V; g += nthreads) {
+      Index off[2];
+      calc.get(Index(g * V), off);
+      const Pack<T, V> pa = load_inner<T, V>(a + off[0], a_unit);
+      const Pack<T, V> pb = load_inner<T, V>(b + off[1], b_unit);
+      Pack<T, V> y;
+#pragma unroll
+      for (int j = 0; j < V; ++j)
+        y.v[j] = to_storage<T>(emath::binary(OP, to_acc(pa.v[j]), to_acc(pb.v[j])));
+      store_pack<V>(out + g * V, y);
+    }
+  } else {
+    for (int64_t i = tid; i < n; i += nthreads) {
+      Index off[2];
+      calc.get(Index(i), off);
+      out[i] = to_storage<T>(emath::binary(OP, to_acc(a[off[0]]), to_acc(b[off[1]])));
+    }
   }
+}
+
+// Whether binary_strided_kernel's VEC path applies (see there).
+template <class T, int NARGS, class Index>
+bool inner_vectorizable(const OffsetCalc<NARGS, Index>& calc, const void* out,
+                        const void* const (&ptrs)[NARGS]) {
+  constexpr int V = kVec<T>;
+  if (calc.ndim == 0 || calc.sizes[0] % V != 0 || !aligned16(out)) return false;
+  for (int k = 0; k < NARGS; ++k) {
+    if (calc.strides[k][0] == 0) continue;
+    if (calc.strides[k][0] != 1 || !aligned16(ptrs[k])) return false;
+    for (int d = 1; d < calc.ndim; ++d)
+      if (calc.strides[k][d] % V != 0) return false;
+  }
+  return true;
+}
+
+template <class T, BinaryOp OP, class Index>
+void launch_binary_strided(const Tensor& a, const Tensor& b, Tensor& out) {
+  const int64_t n = out.numel();
+  const int device = out.device().index;
+  const int64_t* strides[2] = {a.strides().data(), b.strides().data()};
+  const auto calc = make_offset_calc<2, Index>(int(out.dim()), out.shape().data(), strides);
+  const void* ptrs[2] = {a.data_ptr(), b.data_ptr()};
+  cudaStream_t stream = stream_for(device);
+  if (inner_vectorizable<T>(calc, out.data_ptr(), ptrs)) {
+    binary_strided_kernel<T, OP, Index, true>
+        <<<grid_for_device(size_t(n) / kVec<T>, device), kBlock, 0, stream>>>(
+            n, out.data<T>(), a.data<T>(), b.data<T>(), calc);
+  } else {
+    binary_strided_kernel<T, OP, Index, false><<<grid_for_device(size_t(n), device), kBlock, 0,
+                                                 stream>>>(n, out.data<T>(), a.data<T>(),
+                                                           b.data<T>(), calc);
+  }
+  CUDA_CHECK_LAUNCH("binary_strided_kernel");
 }
 
 int64_t offset_extent(const Tensor& t) {
@@ -226,20 +293,10 @@ void binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out) {
                          BinaryFn<OP>{}, device, "binary map_kernel");
         return;
       }
-      const int ndim = int(out.dim());
-      const int64_t* strides[2] = {a.strides().data(), b.strides().data()};
-      const unsigned grid = grid_for_device(size_t(n), device);
-      cudaStream_t stream = stream_for(device);
-      if (n < INT32_MAX && offset_extent(a) < INT32_MAX && offset_extent(b) < INT32_MAX) {
-        const auto calc = make_offset_calc<2, int32_t>(ndim, out.shape().data(), strides);
-        binary_strided_kernel<T, OP, int32_t><<<grid, kBlock, 0, stream>>>(
-            n, out.data<T>(), a.data<T>(), b.data<T>(), calc);
-      } else {
-        const auto calc = make_offset_calc<2, int64_t>(ndim, out.shape().data(), strides);
-        binary_strided_kernel<T, OP, int64_t><<<grid, kBlock, 0, stream>>>(
-            n, out.data<T>(), a.data<T>(), b.data<T>(), calc);
-      }
-      CUDA_CHECK_LAUNCH("binary_strided_kernel");
+      if (n < INT32_MAX && offset_extent(a) < INT32_MAX && offset_extent(b) < INT32_MAX)
+        launch_binary_strided<T, OP, int32_t>(a, b, out);
+      else
+        launch_binary_strided<T, OP, int64_t>(a, b, out);
     });
   });
 }

@@ -4,6 +4,7 @@
 // second kernel combines in a fixed order (no floating atomics). Accumulation is f32 for f32/bf16
 // and f64 for f64.
 #include <cmath>
+#include <cstdint>
 
 #include "core/backend.h"
 #include "core/cuda/device_utils.cuh"
@@ -90,7 +91,7 @@ struct Sink {
   A* partial;             // null when not split
   int64_t* partial_idx;   // Max only, with partial
   int64_t slots;
-  int64_t mean_n;         // divide by this when > 0
+  int64_t mean_n;         // Mean divides by this; -1 for Sum and Max
 
   template <ReduceOp OP>
   __device__ void write(int64_t slot, int64_t split, const Accum<A, OP>& a) const {
@@ -99,7 +100,7 @@ struct Sink {
       if constexpr (OP == ReduceOp::Max) partial_idx[split * slots + slot] = a.i;
       return;
     }
-    out[slot] = to_storage<OutT>(mean_n > 0 ? a.v / A(mean_n) : a.v);
+    out[slot] = to_storage<OutT>(mean_n >= 0 ? a.v / A(mean_n) : a.v);
     if constexpr (OP == ReduceOp::Max) {
       if (argmax) argmax[slot] = a.i;
     }
@@ -167,9 +168,9 @@ __global__ void reduce_rows_block_kernel(const T* __restrict__ x, int64_t n, int
 // striding over them; the kColTileY partial results meet in shared memory, combined in order.
 // grid (col_blocks * outer, splits). outer * n * inner elements: 1 FLOP and sizeof(T) bytes each;
 // bound by memory bandwidth.
-template <class T, ReduceOp OP>
+template <class T, ReduceOp OP, bool SQUARE, class OutT>
 __global__ void reduce_cols_kernel(const T* __restrict__ x, int64_t n, int64_t inner,
-                                   int64_t col_blocks, int64_t chunk, Sink<T, acc_t<T>> sink) {
+                                   int64_t col_blocks, int64_t chunk, Sink<OutT, acc_t<T>> sink) {
   using A = acc_t<T>;
   __shared__ A sv[kColTileY][kWarpSize + 1];
   __shared__ int64_t si[kColTileY][kWarpSize + 1];
@@ -181,7 +182,10 @@ __global__ void reduce_cols_kernel(const T* __restrict__ x, int64_t n, int64_t i
   auto a = Accum<A, OP>::identity();
   if (col < inner) {
     const T* p = x + o * n * inner + col;
-    for (int64_t j = begin + threadIdx.y; j < end; j += kColTileY) a.merge(to_acc(p[j * inner]), j);
+    for (int64_t j = begin + threadIdx.y; j < end; j += kColTileY) {
+      const A v = to_acc(p[j * inner]);
+      a.merge(SQUARE ? v * v : v, j);
+    }
   }
   sv[threadIdx.y][threadIdx.x] = a.v;
   si[threadIdx.y][threadIdx.x] = a.i;
@@ -266,12 +270,10 @@ void launch_reduce(const T* x, int64_t outer, int64_t n, int64_t inner, Sink<Out
                                                                                first);
     CUDA_CHECK_LAUNCH("reduce_rows_block_kernel");
   } else {
-    if constexpr (!SQUARE && std::is_same_v<OutT, T>) {
-      const dim3 grid(unsigned(col_blocks * outer), unsigned(split.splits));
-      reduce_cols_kernel<T, OP><<<grid, dim3(kWarpSize, kColTileY), 0, stream>>>(
-          x, n, inner, col_blocks, split.chunk, first);
-      CUDA_CHECK_LAUNCH("reduce_cols_kernel");
-    }
+    const dim3 grid(unsigned(col_blocks * outer), unsigned(split.splits));
+    reduce_cols_kernel<T, OP, SQUARE, OutT><<<grid, dim3(kWarpSize, kColTileY), 0, stream>>>(
+        x, n, inner, col_blocks, split.chunk, first);
+    CUDA_CHECK_LAUNCH("reduce_cols_kernel");
   }
   if (split.splits > 1) {
     const unsigned grid = grid_for(size_t(sink.slots), kWarpsPerBlock, 1u << 30);
@@ -308,7 +310,7 @@ void reduce(ReduceOp op, const Tensor& x, Tensor& out, Tensor* argmax, int64_t o
     using T = decltype(tag);
     using A = acc_t<T>;
     const Sink<T, A> sink{out.data<T>(), argmax_ptr, nullptr, nullptr, outer * inner,
-                          op == ReduceOp::Mean ? n : 0};
+                          op == ReduceOp::Mean ? n : -1};
     const T* xp = x.data<T>();
     switch (op) {
       case ReduceOp::Sum:
@@ -337,7 +339,7 @@ void reduce_all(const Tensor& x, Tensor& out, bool squares) {
   auto run = [&](auto tag) {
     using T = decltype(tag);
     using A = acc_t<T>;
-    const Sink<A, A> sink{out.data<A>(), nullptr, nullptr, nullptr, 1, 0};
+    const Sink<A, A> sink{out.data<A>(), nullptr, nullptr, nullptr, 1, -1};
     // A whole-tensor reduction is one long row: block-per-chunk first pass, then one warp
     // combining the partials.
     if (squares)

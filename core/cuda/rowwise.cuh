@@ -108,27 +108,28 @@ inline bool rows_vectorizable(int64_t n, size_t elem_size, std::initializer_list
 // ---- rows held by groups of threads ----
 
 // Each row of n elements is split into chunks of VEC elements; thread `lane` of the row's group
-// owns chunks lane, lane + group, ... The first kCachedChunks of them stay in registers, so a row
-// of up to group * kCachedChunks * VEC elements is read from HBM once; longer rows re-read the
-// remaining chunks (from L2) on each pass.
-constexpr int kCachedChunks = 8;
-// Chunks per thread the planner aims for: 4 x 16 bytes in flight per thread before the first
-// reduction hides HBM latency at the occupancy these kernels reach.
-constexpr int kTargetChunks = 4;
+// owns chunks lane, lane + group, ... The first CACHE of them stay in registers, so a row of up to
+// kMaxGroup * CACHE * VEC elements is read from HBM once; longer rows re-read the remaining chunks
+// (from L2) on each pass. The planner gives each thread between CACHE/2 and CACHE chunks, i.e.
+// several independent 16-byte loads in flight before the first reduction, which is what hides
+// HBM latency in these kernels.
+// Row kernels are __launch_bounds__(kMaxGroup, 1): up to 128 registers per thread. (Without the
+// explicit minimum of one block, ptxas caps them at 64 registers and spills the cached row.)
+constexpr int kMaxGroup = 512;
 
 struct RowPlan {
   int chunks;          // chunks per row
-  int group;           // threads per row: a power of two in [1, 1024]
+  int group;           // threads per row: a power of two in [1, kMaxGroup]
   int block;           // threads per block: a multiple of group
   int rows_per_block;
 };
 
-inline RowPlan plan_rows(int64_t n, int vec, int min_block) {
+inline RowPlan plan_rows(int64_t n, int vec, int cache, int min_block) {
   ST_CHECK(n < (int64_t(1) << 31), "row length ", n, " exceeds 2^31 - 1");
   RowPlan p;
   p.chunks = int((n + vec - 1) / vec);
   p.group = 1;
-  while (p.group < 1024 && int64_t(p.group) * kTargetChunks < p.chunks) p.group *= 2;
+  while (p.group < kMaxGroup && int64_t(p.group) * cache < p.chunks) p.group *= 2;
   p.block = p.group > min_block ? p.group : min_block;
   p.rows_per_block = p.block / p.group;
   return p;
@@ -136,37 +137,37 @@ inline RowPlan plan_rows(int64_t n, int vec, int min_block) {
 
 // Calls f(chunk_index, chunk) for every chunk of the row owned by this thread: cached chunks from
 // `cache`, the rest loaded from `row`.
-template <int VEC, class T, class F>
+template <int VEC, int CACHE, class T, class F>
 __device__ __forceinline__ void for_chunks(const T* row, int chunks, int lane, int group,
-                                           const Chunk<T, VEC> (&cache)[kCachedChunks], F&& f) {
+                                           const Chunk<T, VEC> (&cache)[CACHE], F&& f) {
 #pragma unroll
-  for (int i = 0; i < kCachedChunks; ++i) {
+  for (int i = 0; i < CACHE; ++i) {
     const int c = lane + i * group;
     if (c < chunks) f(c, cache[i]);
   }
-  for (int c = lane + kCachedChunks * group; c < chunks; c += group)
+  for (int c = lane + CACHE * group; c < chunks; c += group)
     f(c, load_chunk<VEC>(row + size_t(c) * VEC));
 }
 
 // As for_chunks, over two rows of the same length: f(chunk_index, chunk_a, chunk_b).
-template <int VEC, class T, class U, class F>
-__device__ __forceinline__ void for_chunks2(const T* row_a, const Chunk<T, VEC> (&cache_a)[kCachedChunks],
-                                            const U* row_b, const Chunk<U, VEC> (&cache_b)[kCachedChunks],
+template <int VEC, int CACHE, class T, class U, class F>
+__device__ __forceinline__ void for_chunks2(const T* row_a, const Chunk<T, VEC> (&cache_a)[CACHE],
+                                            const U* row_b, const Chunk<U, VEC> (&cache_b)[CACHE],
                                             int chunks, int lane, int group, F&& f) {
 #pragma unroll
-  for (int i = 0; i < kCachedChunks; ++i) {
+  for (int i = 0; i < CACHE; ++i) {
     const int c = lane + i * group;
     if (c < chunks) f(c, cache_a[i], cache_b[i]);
   }
-  for (int c = lane + kCachedChunks * group; c < chunks; c += group)
+  for (int c = lane + CACHE * group; c < chunks; c += group)
     f(c, load_chunk<VEC>(row_a + size_t(c) * VEC), load_chunk<VEC>(row_b + size_t(c) * VEC));
 }
 
-template <int VEC, class T>
+template <int VEC, int CACHE, class T>
 __device__ __forceinline__ void cache_chunks(const T* row, int chunks, int lane, int group,
-                                             Chunk<T, VEC> (&cache)[kCachedChunks]) {
+                                             Chunk<T, VEC> (&cache)[CACHE]) {
 #pragma unroll
-  for (int i = 0; i < kCachedChunks; ++i) {
+  for (int i = 0; i < CACHE; ++i) {
     const int c = lane + i * group;
     if (c < chunks) cache[i] = load_chunk<VEC>(row + size_t(c) * VEC);
   }

@@ -69,6 +69,15 @@ void pool_free(void* p, int device) {
   CUDA_CHECK(cudaFreeAsync(p, s));
 }
 
+size_t pool_reserved_bytes(int device) {
+  state(device);
+  cudaMemPool_t pool;
+  CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device));
+  uint64_t bytes = 0;
+  CUDA_CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &bytes));
+  return size_t(bytes);
+}
+
 void synchronize(int device) { CUDA_CHECK(cudaStreamSynchronize(stream_for(device))); }
 
 Event::Event() { CUDA_CHECK(cudaEventCreate(&ev_)); }

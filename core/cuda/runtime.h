@@ -32,6 +32,9 @@ cudaStream_t stream_for(int device);
 void* pool_alloc(size_t nbytes, int device);
 void pool_free(void* p, int device);
 
+// Bytes the device's memory pool currently holds (in use or cached for reuse).
+size_t pool_reserved_bytes(int device);
+
 // Blocks the host until all work queued on the device's compute stream is done.
 void synchronize(int device);
 

@@ -1,0 +1,288 @@
+// LayerNorm and RMSNorm over the last dim of x [rows, D].
+//   LayerNorm: y = (x - mean) * rstd * w + b,  rstd = 1 / sqrt(mean((x - mean)^2) + eps)
+//   RMSNorm:   y = x * rstd * w,               rstd = 1 / sqrt(mean(x^2) + eps)
+// Backward, with xhat = (x - mean) * rstd (mean = 0 for RMSNorm) and g = dy * w:
+//   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))   (no mean(g) term for RMSNorm)
+//   dw = sum_rows dy * xhat,  db = sum_rows dy
+// One kernel per direction serves both norms (Center = LayerNorm). Each row is handled by a
+// group of threads with the row cached in registers (core/cuda/rowwise.cuh), so x and dy are read
+// from HBM once. dw/db are reduced without atomics: each block accumulates the rows it owns into
+// its own partial row, and sum_partials adds the partial rows in a fixed order.
+#include "core/backend.h"
+#include "core/cuda/rowwise.cuh"
+#include "core/cuda/runtime.h"
+
+namespace seqtrain::cuda {
+namespace {
+
+// Forward of one norm over x [rows, n]: one group of `group` threads per row (see plan_rows).
+// Reads x once and writes y once: 2 * rows * n * sizeof(T) bytes (+ w, b from L2, + stats);
+// ~8 FLOPs per element, far below the ~100 FLOP/byte H100 balance: memory bound.
+// Chunks of the row each thread keeps in registers (8 x 16 bytes in the forward; the backward
+// caches both x and dy, so 4 of each).
+constexpr int kForwardCache = 8, kBackwardCache = 4;
+
+template <class T, class W, int VEC, bool Center>
+__global__ void __launch_bounds__(kMaxGroup, 1)
+    norm_forward_kernel(const T* __restrict__ x, const W* __restrict__ weight,
+                        const W* __restrict__ bias, T* __restrict__ y, acc_t<T>* __restrict__ mean_out,
+                        acc_t<T>* __restrict__ rstd_out, int64_t rows, int n, int chunks, int group,
+                        acc_t<T> eps) {
+  using A = acc_t<T>;
+  using C = Chunk<T, VEC>;
+  __shared__ A scratch[kWarpSize];
+  const int lane = threadIdx.x & (group - 1);
+  const int64_t row = int64_t(blockIdx.x) * (blockDim.x / group) + threadIdx.x / group;
+  const bool valid = row < rows;
+  const int my_chunks = valid ? chunks : 0;  // rows past the end still join the reductions
+  const size_t row_off = size_t(valid ? row : 0) * size_t(n);
+  const T* xr = x + row_off;
+
+  C cache[kForwardCache];  // (kForwardCache, VEC): this thread's share of the row
+  cache_chunks<VEC>(xr, my_chunks, lane, group, cache);
+
+  A mean = 0;
+  if constexpr (Center) {
+    A s = 0;
+    for_chunks<VEC>(xr, my_chunks, lane, group, cache, [&](int, const C& c) {
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) s += elem(c, i);
+    });
+    mean = group_sum(s, group, scratch) / A(n);
+  }
+  // Second pass over the cached row: sum of squared deviations, not E[x^2] - mean^2, which
+  // cancels catastrophically when |mean| >> std.
+  A ss = 0;
+  for_chunks<VEC>(xr, my_chunks, lane, group, cache, [&](int, const C& c) {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+      const A d = elem(c, i) - mean;
+      ss += d * d;
+    }
+  });
+  const A rstd = A(1) / sqrt(group_sum(ss, group, scratch) / A(n) + eps);
+
+  T* yr = y + row_off;
+  for_chunks<VEC>(xr, my_chunks, lane, group, cache, [&](int ci, const C& c) {
+    const size_t col = size_t(ci) * VEC;
+    const Chunk<W, VEC> wc = load_chunk<VEC>(weight + col);
+    Chunk<W, VEC> bc{};
+    if (Center && bias != nullptr) bc = load_chunk<VEC>(bias + col);
+    C out;
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+      A v = (elem(c, i) - mean) * rstd * to_acc(wc.v[i]);
+      if (Center && bias != nullptr) v += to_acc(bc.v[i]);
+      out.v[i] = to_storage<T>(v);
+    }
+    store_chunk<VEC>(yr + col, out);
+  });
+  if (valid && lane == 0) {
+    if constexpr (Center) mean_out[row] = mean;
+    rstd_out[row] = rstd;
+  }
+}
+
+// Backward of one norm: dx for every row, plus this block's partial dw (and db) sums.
+// Block b owns rows b*rpb + g + k*gridDim.x*rpb (group g); each thread owns the same columns in
+// every row, so its column sums need no synchronisation. Sums go to `acc` (width = n or 2n: dw
+// then db): per-group shared memory, combined over the groups in order into partials[b] at the
+// end, or, when that would not fit, straight into partials[b * rpb + g] in global memory.
+// Shared accumulators are stored element-major (slot i * chunks + c for column c * VEC + i) so a
+// warp's accesses hit consecutive banks.
+// Reads x and dy once and writes dx once: 3 * rows * n * sizeof(T) bytes, plus the partials
+// (grid * width * sizeof(A), a few % of that); ~15 FLOPs per element: memory bound.
+template <class T, class W, int VEC, bool Center>
+__global__ void __launch_bounds__(kMaxGroup, 1)
+    norm_backward_kernel(const T* __restrict__ x, const W* __restrict__ weight,
+                         const acc_t<T>* __restrict__ mean, const acc_t<T>* __restrict__ rstd,
+                         const T* __restrict__ dy, T* __restrict__ dx, acc_t<T>* __restrict__ partials,
+                         bool has_bias, bool shared_acc, int64_t rows, int n, int chunks, int group) {
+  using A = acc_t<T>;
+  using C = Chunk<T, VEC>;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ A scratch[kWarpSize];
+  const int rpb = blockDim.x / group, g = threadIdx.x / group, lane = threadIdx.x & (group - 1);
+  const int width = has_bias ? 2 * n : n;
+  A* acc = shared_acc ? reinterpret_cast<A*>(smem_raw) + size_t(g) * width
+                      : partials + (size_t(blockIdx.x) * rpb + g) * width;
+  auto slot = [&](int ci, int i) { return shared_acc ? i * chunks + ci : ci * VEC + i; };
+
+  for (int ci = lane; ci < chunks; ci += group) {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+      acc[slot(ci, i)] = 0;
+      if (has_bias) acc[n + slot(ci, i)] = 0;
+    }
+  }
+
+  // The loop bound is uniform over the block, so every thread reaches group_sum's barriers.
+  for (int64_t base = int64_t(blockIdx.x) * rpb; base < rows; base += int64_t(gridDim.x) * rpb) {
+    const int64_t row = base + g;
+    const bool valid = row < rows;
+    const int my_chunks = valid ? chunks : 0;
+    const size_t row_off = size_t(valid ? row : 0) * size_t(n);
+    const T* xr = x + row_off;
+    const T* dyr = dy + row_off;
+    C xc[kBackwardCache], dyc[kBackwardCache];  // (kBackwardCache, VEC) each
+    cache_chunks<VEC>(xr, my_chunks, lane, group, xc);
+    cache_chunks<VEC>(dyr, my_chunks, lane, group, dyc);
+    const A mu = Center && valid ? mean[row] : A(0);
+    const A rs = valid ? rstd[row] : A(0);
+
+    A sum_g = 0, sum_gx = 0;
+    for_chunks2<VEC>(xr, xc, dyr, dyc, my_chunks, lane, group, [&](int ci, const C& xv, const C& dyv) {
+      const Chunk<W, VEC> wc = load_chunk<VEC>(weight + size_t(ci) * VEC);
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        const A gi = elem(dyv, i) * to_acc(wc.v[i]);
+        sum_g += gi;
+        sum_gx += gi * (elem(xv, i) - mu) * rs;
+      }
+    });
+    const A mean_g = Center ? group_sum(sum_g, group, scratch) / A(n) : A(0);
+    const A mean_gx = group_sum(sum_gx, group, scratch) / A(n);
+
+    T* dxr = dx + row_off;
+    for_chunks2<VEC>(xr, xc, dyr, dyc, my_chunks, lane, group, [&](int ci, const C& xv, const C& dyv) {
+      const Chunk<W, VEC> wc = load_chunk<VEC>(weight + size_t(ci) * VEC);
+      C out;
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        const A d = elem(dyv, i), xhat = (elem(xv, i) - mu) * rs;
+        out.v[i] = to_storage<T>(rs * (d * to_acc(wc.v[i]) - mean_g - xhat * mean_gx));
+        acc[slot(ci, i)] += d * xhat;
+        if (has_bias) acc[n + slot(ci, i)] += d;
+      }
+      store_chunk<VEC>(dxr + size_t(ci) * VEC, out);
+    });
+  }
+
+  if (!shared_acc) return;
+  __syncthreads();
+  const A* groups = reinterpret_cast<const A*>(smem_raw);
+  A* out = partials + size_t(blockIdx.x) * width;
+  for (int j = threadIdx.x; j < width; j += blockDim.x) {
+    const int part = j < n ? 0 : n, col = j - part;
+    const int s = part + slot(col / VEC, col % VEC);
+    A total = groups[s];
+    for (int k = 1; k < rpb; ++k) total += groups[size_t(k) * width + s];
+    out[j] = total;
+  }
+}
+
+// Largest shared accumulator a backward block uses before falling back to global partials:
+// leaves room for two blocks per SM.
+constexpr size_t kMaxSharedAcc = 100 * 1024;
+
+template <bool Center>
+void norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, Tensor& y,
+                  Tensor* mean, Tensor& rstd) {
+  const int64_t n = x.size(-1), rows = n > 0 ? x.numel() / n : 0;
+  if (rows == 0 || n == 0) return;
+  cudaStream_t stream = stream_for(x.device().index);
+  dispatch_floating(x.dtype(), "norm input", [&](auto xtag) {
+    using T = decltype(xtag);
+    using A = acc_t<T>;
+    check_stats(rstd, stats_dtype<T>(), "rstd");
+    if (mean) check_stats(*mean, stats_dtype<T>(), "mean");
+    dispatch_param<T>(weight.dtype(), "norm weight", [&](auto wtag) {
+      using W = decltype(wtag);
+      ST_CHECK(!bias.defined() || bias.dtype() == weight.dtype(), "norm bias must match the weight dtype, got ",
+               bias.desc(), " and ", weight.desc());
+      const W* b = bias.defined() ? bias.data<W>() : nullptr;
+      const bool vec = rows_vectorizable(n, sizeof(T), {x.data_ptr(), y.data_ptr()}) &&
+                       aligned16(weight.data_ptr()) && (b == nullptr || aligned16(b));
+      auto launch = [&](auto kernel, int vec_width) {
+        const RowPlan p = plan_rows(n, vec_width, kForwardCache, 256);
+        const unsigned grid = unsigned((rows + p.rows_per_block - 1) / p.rows_per_block);
+        kernel<<<grid, p.block, 0, stream>>>(x.data<T>(), weight.data<W>(), b, y.data<T>(),
+                                             mean ? mean->data<A>() : nullptr, rstd.data<A>(), rows,
+                                             int(n), p.chunks, p.group, A(eps));
+        CUDA_CHECK_LAUNCH(norm_forward_kernel);
+      };
+      if (vec)
+        launch(norm_forward_kernel<T, W, kVec<T>, Center>, kVec<T>);
+      else
+        launch(norm_forward_kernel<T, W, 1, Center>, 1);
+    });
+  });
+}
+
+template <bool Center>
+void norm_backward(const Tensor& x, const Tensor& weight, const Tensor* mean, const Tensor& rstd,
+                   const Tensor& dy, Tensor& dx, Tensor& dweight, Tensor* dbias) {
+  const int64_t n = x.size(-1), rows = n > 0 ? x.numel() / n : 0;
+  if (n == 0) return;
+  cudaStream_t stream = stream_for(x.device().index);
+  dispatch_floating(x.dtype(), "norm input", [&](auto xtag) {
+    using T = decltype(xtag);
+    using A = acc_t<T>;
+    check_stats(rstd, stats_dtype<T>(), "rstd");
+    if (mean) check_stats(*mean, stats_dtype<T>(), "mean");
+    dispatch_param<T>(weight.dtype(), "norm weight", [&](auto wtag) {
+      using W = decltype(wtag);
+      ST_CHECK(dweight.dtype() == weight.dtype(), "dweight must match the weight dtype, got ", dweight.desc());
+      ST_CHECK(!dbias || dbias->dtype() == weight.dtype(), "dbias must match the weight dtype, got ",
+               dbias->desc());
+      if (rows == 0) {
+        CUDA_CHECK(cudaMemsetAsync(dweight.data_ptr(), 0, dweight.nbytes(), stream));
+        if (dbias) CUDA_CHECK(cudaMemsetAsync(dbias->data_ptr(), 0, dbias->nbytes(), stream));
+        return;
+      }
+      const bool has_bias = dbias != nullptr;
+      const int64_t width = has_bias ? 2 * n : n;
+      const bool vec = rows_vectorizable(n, sizeof(T), {x.data_ptr(), dy.data_ptr(), dx.data_ptr()}) &&
+                       aligned16(weight.data_ptr());
+      auto launch = [&](auto kernel, int vec_width) {
+        const RowPlan p = plan_rows(n, vec_width, kBackwardCache, 256);
+        const size_t acc_bytes = size_t(p.rows_per_block) * size_t(width) * sizeof(A);
+        const bool shared_acc = acc_bytes <= kMaxSharedAcc;
+        const size_t smem = shared_acc ? acc_bytes : 0;
+        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+        int blocks_per_sm = 0;
+        CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, p.block, smem));
+        const int64_t needed = (rows + p.rows_per_block - 1) / p.rows_per_block;
+        const int64_t resident = int64_t(sm_count(x.device().index)) * (blocks_per_sm > 0 ? blocks_per_sm : 1);
+        const unsigned grid = unsigned(needed < resident ? needed : resident);
+        const int64_t nparts = shared_acc ? grid : int64_t(grid) * p.rows_per_block;
+        Tensor partials = Tensor::empty({nparts, width}, stats_dtype<T>(), x.device());  // (P, width)
+        kernel<<<grid, p.block, smem, stream>>>(x.data<T>(), weight.data<W>(),
+                                                mean ? mean->data<A>() : nullptr, rstd.data<A>(),
+                                                dy.data<T>(), dx.data<T>(), partials.data<A>(), has_bias,
+                                                shared_acc, rows, int(n), p.chunks, p.group);
+        CUDA_CHECK_LAUNCH(norm_backward_kernel);
+        sum_partials(partials.data<A>(), nparts, width, n, dweight.data<W>(), stream);
+        if (has_bias) sum_partials(partials.data<A>() + n, nparts, width, n, dbias->data<W>(), stream);
+      };
+      if (vec)
+        launch(norm_backward_kernel<T, W, kVec<T>, Center>, kVec<T>);
+      else
+        launch(norm_backward_kernel<T, W, 1, Center>, 1);
+    });
+  });
+}
+
+}  // namespace
+
+void layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
+                       Tensor& y, Tensor& mean, Tensor& rstd) {
+  norm_forward<true>(x, weight, bias, eps, y, &mean, rstd);
+}
+
+void layernorm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean,
+                        const Tensor& rstd, const Tensor& dy, Tensor& dx, Tensor& dweight,
+                        Tensor& dbias) {
+  norm_backward<true>(x, weight, &mean, rstd, dy, dx, dweight, dbias.defined() ? &dbias : nullptr);
+}
+
+void rmsnorm_forward(const Tensor& x, const Tensor& weight, double eps, Tensor& y, Tensor& rstd) {
+  norm_forward<false>(x, weight, Tensor(), eps, y, nullptr, rstd);
+}
+
+void rmsnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& rstd, const Tensor& dy,
+                      Tensor& dx, Tensor& dweight) {
+  norm_backward<false>(x, weight, nullptr, rstd, dy, dx, dweight, nullptr);
+}
+
+}  // namespace seqtrain::cuda

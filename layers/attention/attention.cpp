@@ -1,0 +1,76 @@
+#include "layers/attention/attention.h"
+
+#include "autograd/functions.h"
+#include "layers/rope.h"
+#include "train/config.h"
+
+namespace seqtrain {
+
+namespace {
+struct KVCache : MixerState {
+  Tensor k, v;      // [B, max_len, Hkv, d]
+  int64_t length = 0;
+};
+}  // namespace
+
+AttentionMixer::AttentionMixer(int64_t d_model, int64_t n_heads, int64_t n_kv_heads, int64_t window, bool rope,
+                               double rope_theta, bool bias, double init_std, double out_std)
+    : n_heads_(n_heads), n_kv_heads_(n_kv_heads), head_dim_(d_model / n_heads), rope_(rope), rope_theta_(rope_theta) {
+  ST_CHECK(d_model % n_heads == 0 && n_heads % n_kv_heads == 0, "attention: d_model ", d_model, ", n_heads ",
+           n_heads, ", n_kv_heads ", n_kv_heads, ": expected d_model % n_heads == 0 and n_heads % n_kv_heads == 0");
+  config_.causal = true;
+  config_.window = window;
+  c_attn_ = add_module("c_attn", std::make_shared<Linear>(d_model, (n_heads + 2 * n_kv_heads) * head_dim_, bias, init_std));
+  c_proj_ = add_module("c_proj", std::make_shared<Linear>(n_heads * head_dim_, d_model, bias, out_std));
+}
+
+AttentionMixer::Heads AttentionMixer::project(const Tensor& x, int64_t position) const {
+  const int64_t B = x.size(0), T = x.size(1);
+  Tensor qkv = reshape(c_attn_->forward(x), {B, T, n_heads_ + 2 * n_kv_heads_, head_dim_});
+  // Views into the fused projection (unit stride in d): no copies unless RoPE rewrites q and k.
+  Heads h{slice(qkv, 2, 0, n_heads_), slice(qkv, 2, n_heads_, n_heads_ + n_kv_heads_),
+          slice(qkv, 2, n_heads_ + n_kv_heads_, n_heads_ + 2 * n_kv_heads_)};
+  if (rope_) {
+    h.q = apply_rope(h.q, position, rope_theta_);
+    h.k = apply_rope(h.k, position, rope_theta_);
+  }
+  return h;
+}
+
+Tensor AttentionMixer::output(const Tensor& o) const {
+  return c_proj_->forward(reshape(o, {o.size(0), o.size(1), n_heads_ * head_dim_}));
+}
+
+Tensor AttentionMixer::forward(const Tensor& x) {
+  Heads h = project(x, 0);
+  return output(attention(h.q, h.k, h.v, config_));
+}
+
+std::unique_ptr<MixerState> AttentionMixer::make_state(int64_t batch, int64_t max_len, DType dtype, Device device) {
+  auto s = std::make_unique<KVCache>();
+  s->k = Tensor::zeros({batch, max_len, n_kv_heads_, head_dim_}, dtype, device);
+  s->v = Tensor::zeros({batch, max_len, n_kv_heads_, head_dim_}, dtype, device);
+  return s;
+}
+
+Tensor AttentionMixer::step(MixerState& state, const Tensor& x) {
+  auto& cache = dynamic_cast<KVCache&>(state);
+  const int64_t T = x.size(1), end = cache.length + T;
+  ST_CHECK(end <= cache.k.size(1), "attention step: ", end, " tokens exceed the cache of ", cache.k.size(1));
+  Heads h = project(x, cache.length);
+  Tensor k_new = cache.k.slice(1, cache.length, end), v_new = cache.v.slice(1, cache.length, end);
+  k_new.copy_(h.k);
+  v_new.copy_(h.v);
+  cache.length = end;
+  Tensor o = attention(h.q, cache.k.slice(1, 0, end), cache.v.slice(1, 0, end), config_);
+  return output(o);
+}
+
+std::shared_ptr<Mixer> make_attention_mixer(const MixerArgs& args) {
+  const train::ModelConfig& m = args.model;
+  int64_t kv = m.attn.n_kv_heads > 0 ? m.attn.n_kv_heads : m.attn.n_heads;
+  return std::make_shared<AttentionMixer>(m.d_model, m.attn.n_heads, kv, m.attn.window, m.attn.pos == "rope",
+                                          m.attn.rope_theta, m.bias, m.init_std, args.out_std);
+}
+
+}  // namespace seqtrain

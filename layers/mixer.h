@@ -1,0 +1,46 @@
+// Mixer: any sequence-mixing layer [B, T, D] -> [B, T, D] (attention, and later Mamba, Hedgehog,
+// Aaren, Titans). Each has a training form (forward) and a recurrent form (step) that must agree.
+// A new mixer type adds one line to builtin_mixers() in layers/mixer.cpp.
+#pragma once
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "layers/module.h"
+
+namespace seqtrain {
+
+namespace train {
+struct ModelConfig;
+}
+
+// Per-sequence recurrent state of one mixer (a KV cache for attention).
+struct MixerState {
+  virtual ~MixerState() = default;
+};
+
+class Mixer : public Module {
+ public:
+  // x [B, T, D] in the compute dtype.
+  virtual Tensor forward(const Tensor& x) = 0;
+  // A fresh state for `batch` sequences of up to `max_len` tokens.
+  virtual std::unique_ptr<MixerState> make_state(int64_t batch, int64_t max_len, DType dtype, Device device) = 0;
+  // Consumes x [B, T, D] (T >= 1: a prompt or one new token) after what `state` has seen; returns
+  // the same outputs forward would for these positions, and advances the state.
+  virtual Tensor step(MixerState& state, const Tensor& x) = 0;
+};
+
+struct MixerArgs {
+  const train::ModelConfig& model;
+  int64_t layer_index;
+  double out_std;  // init std of the output projection (residual-scaled)
+};
+
+using MixerFactory = std::function<std::shared_ptr<Mixer>(const MixerArgs&)>;
+
+// Mixer types by config name ("attn", ...).
+const std::map<std::string, MixerFactory>& mixer_registry();
+std::shared_ptr<Mixer> make_mixer(const std::string& type, const MixerArgs& args);
+
+}  // namespace seqtrain

@@ -1,0 +1,71 @@
+// Module: a node of the model tree owning named parameters and named submodules. Parameter
+// names are hierarchical ("blocks.3.mixer.c_attn.weight"); how a parameter is initialised and
+// whether weight decay applies are properties set where the layer declares it.
+#pragma once
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace seqtrain {
+
+// How a parameter is initialised. Draws are Philox streams keyed by (seed, hash of the full
+// parameter name), so initialisation does not depend on construction order or on sharding.
+struct Init {
+  enum class Kind { Normal, Zeros, Ones, Uniform };
+  Kind kind = Kind::Normal;
+  double a = 0.0, b = 0.02;  // Normal: mean a, std b; Uniform: [a, b)
+  static Init normal(double std) { return {Kind::Normal, 0.0, std}; }
+  static Init zeros() { return {Kind::Zeros, 0, 0}; }
+  static Init ones() { return {Kind::Ones, 0, 0}; }
+  static Init uniform(double lo, double hi) { return {Kind::Uniform, lo, hi}; }
+};
+
+struct Parameter {
+  Tensor value;  // f32 master weights (requires_grad)
+  Init init;
+  bool weight_decay = true;
+};
+
+struct NamedParameter {
+  std::string name;
+  Parameter* param;
+};
+
+class Module {
+ public:
+  virtual ~Module() = default;
+  Module() = default;
+  Module(const Module&) = delete;
+  Module& operator=(const Module&) = delete;
+
+  // Every parameter of this module and its descendants, in declaration order, with full names.
+  std::vector<NamedParameter> named_parameters(const std::string& prefix = "");
+  int64_t num_parameters();
+  // Draws every parameter from its Init with the given seed (see Init).
+  void init_parameters(uint64_t seed);
+  // Moves every parameter to `device` (keeps them leaves that require grad).
+  void to(Device device);
+  void zero_grad();
+
+ protected:
+  Tensor& add_parameter(const std::string& name, const Shape& shape, Init init, bool weight_decay);
+  template <typename M>
+  std::shared_ptr<M> add_module(const std::string& name, std::shared_ptr<M> m) {
+    children_.emplace_back(name, m);
+    return m;
+  }
+
+ private:
+  void collect(const std::string& prefix, std::vector<NamedParameter>& out);
+  std::vector<std::pair<std::string, std::shared_ptr<Parameter>>> params_;
+  std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
+};
+
+// FNV-1a of a string: the Philox offset of a parameter's initialisation stream.
+uint64_t name_hash(const std::string& s);
+
+}  // namespace seqtrain

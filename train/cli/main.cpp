@@ -1,0 +1,237 @@
+// The `seqtrain` command line: one binary, one subcommand per task (DESIGN.md §7).
+// Exit status 0 only on success; errors are one line on stderr.
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "autograd/grad_mode.h"
+#include "core/philox.h"
+#include "data/prepare.h"
+#include "train/checkpoint.h"
+#include "train/config.h"
+#include "train/generate.h"
+#include "train/trainer.h"
+
+using namespace seqtrain;
+
+namespace {
+
+const char* kUsage =
+    "usage: seqtrain <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  train CONFIG.yaml [--set key=value ...]   train (resumes from <run.dir>/checkpoints automatically)\n"
+    "  generate --checkpoint FILE [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
+    "  prepare-data --text FILE --out DIR [--val-fraction F]\n"
+    "  inspect CHECKPOINT.h5\n"
+    "  bench CONFIG.yaml [--steps N] [--warmup N] [--set key=value ...]\n"
+    "\n"
+    "Run 'seqtrain <command> --help' for a command's options.\n";
+
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Parses "--name value" pairs and positional arguments; `repeatable` names may appear many times.
+struct Args {
+  std::vector<std::string> positional;
+  std::multimap<std::string, std::string> options;
+  bool help = false;
+
+  Args(int argc, char** argv, int first, const std::vector<std::string>& known) {
+    for (int i = first; i < argc; ++i) {
+      std::string a = argv[i];
+      if (a == "--help" || a == "-h") {
+        help = true;
+      } else if (a.rfind("--", 0) == 0) {
+        std::string name = a.substr(2), value;
+        size_t eq = name.find('=');
+        if (eq != std::string::npos && name.rfind("set", 0) != 0) {
+          value = name.substr(eq + 1);
+          name = name.substr(0, eq);
+        } else if (eq != std::string::npos) {  // --set=k=v
+          value = name.substr(4);
+          name = "set";
+        } else {
+          if (i + 1 >= argc) throw UsageError("option --" + name + " needs a value");
+          value = argv[++i];
+        }
+        bool ok = false;
+        for (const auto& k : known) ok |= k == name;
+        if (!ok) throw UsageError("unknown option --" + name);
+        options.emplace(name, value);
+      } else {
+        positional.push_back(a);
+      }
+    }
+  }
+  bool has(const std::string& k) const { return options.count(k) > 0; }
+  std::string get(const std::string& k, const std::string& fallback = "") const {
+    auto it = options.find(k);
+    return it == options.end() ? fallback : it->second;
+  }
+  std::vector<std::string> all(const std::string& k) const {
+    std::vector<std::string> out;
+    for (auto [it, end] = options.equal_range(k); it != end; ++it) out.push_back(it->second);
+    return out;
+  }
+  double number(const std::string& k, double fallback) const {
+    if (!has(k)) return fallback;
+    try {
+      size_t used = 0;
+      double v = std::stod(get(k), &used);
+      if (used == get(k).size()) return v;
+    } catch (const std::exception&) {
+    }
+    throw UsageError("--" + k + ": expected a number, got '" + get(k) + "'");
+  }
+};
+
+int cmd_train(int argc, char** argv) {
+  Args a(argc, argv, 2, {"set"});
+  if (a.help) {
+    std::printf("usage: seqtrain train CONFIG.yaml [--set key=value ...]\n\n"
+                "Trains the model the config describes. Resumes from the newest complete checkpoint in\n"
+                "<run.dir>/checkpoints (checkpoint.resume: auto | none | PATH). SIGTERM/SIGINT write a\n"
+                "checkpoint at the end of the current step and exit 0. --set overrides any key; the value\n"
+                "is YAML, e.g. --set training.steps=100 --set model.pattern=[attn].\n");
+    return 0;
+  }
+  if (a.positional.size() != 1) throw UsageError("train takes exactly one CONFIG.yaml");
+  train::Config cfg = train::load_config(a.positional[0], a.all("set"));
+  train::TrainResult r = train::train(cfg);
+  std::printf("trained to step %lld: loss %.4f%s\n", (long long)r.step, r.last_loss,
+              r.last_val_bpb >= 0 ? (", val " + std::to_string(r.last_val_bpb) + " bits per byte").c_str() : "");
+  return 0;
+}
+
+int cmd_generate(int argc, char** argv) {
+  Args a(argc, argv, 2, {"checkpoint", "prompt", "tokens", "temperature", "top-k", "seed", "device"});
+  if (a.help) {
+    std::printf("usage: seqtrain generate --checkpoint FILE [--prompt TEXT] [--tokens N=200]\n"
+                "                         [--temperature T=0.8] [--top-k K=40] [--seed S=1] [--device auto]\n\n"
+                "Samples a continuation of the prompt with the model's recurrent step (KV cache).\n"
+                "FILE may also be a run folder or its checkpoints folder (the newest checkpoint is used).\n");
+    return 0;
+  }
+  if (!a.has("checkpoint")) throw UsageError("generate needs --checkpoint FILE");
+  std::string path = a.get("checkpoint");
+  for (const std::string& dir : {path + "/checkpoints", path})
+    if (auto latest = train::find_latest_checkpoint(dir)) {
+      path = *latest;
+      break;
+    }
+  train::CheckpointMeta meta = train::read_checkpoint_meta(path);
+  train::Config cfg = train::parse_config(meta.config_yaml, path + ":/config", {});
+  Device device = train::resolve_device(a.get("device", "auto"));
+  LanguageModel model(cfg.model);
+  model.to(device);
+  std::vector<train::NamedTensor> params;
+  for (auto& np : model.named_parameters()) params.push_back({np.name, np.param->value});
+  train::load_checkpoint(path, params, {});
+  train::SampleOptions o;
+  o.tokens = int64_t(a.number("tokens", 200));
+  o.temperature = a.number("temperature", 0.8);
+  o.top_k = int64_t(a.number("top-k", 40));
+  o.seed = uint64_t(a.number("seed", 1));
+  std::string prompt = a.get("prompt", "");
+  std::cout << prompt << std::flush;
+  train::generate(model, train::compute_dtype(cfg, device), device, prompt, o,
+                  [](const std::string& piece) { std::cout << piece << std::flush; });
+  std::cout << std::endl;
+  return 0;
+}
+
+int cmd_prepare(int argc, char** argv) {
+  Args a(argc, argv, 2, {"text", "out", "val-fraction"});
+  if (a.help) {
+    std::printf("usage: seqtrain prepare-data --text FILE --out DIR [--val-fraction F=0.1]\n\n"
+                "Byte-tokenises FILE into DIR/train.bin and DIR/val.bin (llm.c shard format, uint16);\n"
+                "the last F of the bytes become the validation split.\n");
+    return 0;
+  }
+  if (!a.has("text") || !a.has("out")) throw UsageError("prepare-data needs --text FILE and --out DIR");
+  data::PrepareStats s = data::prepare_text_shards(a.get("text"), a.get("out"), a.number("val-fraction", 0.1));
+  std::printf("wrote %s (%lld tokens) and %s (%lld tokens)\n", s.train_path.c_str(), (long long)s.train_tokens,
+              s.val_path.c_str(), (long long)s.val_tokens);
+  return 0;
+}
+
+int cmd_inspect(int argc, char** argv) {
+  Args a(argc, argv, 2, {});
+  if (a.help) {
+    std::printf("usage: seqtrain inspect CHECKPOINT.h5\n\nPrints step, layout, config and the parameter table.\n");
+    return 0;
+  }
+  if (a.positional.size() != 1) throw UsageError("inspect takes exactly one CHECKPOINT.h5");
+  std::printf("%s", train::describe_checkpoint(a.positional[0]).c_str());
+  return 0;
+}
+
+int cmd_bench(int argc, char** argv) {
+  Args a(argc, argv, 2, {"set", "steps", "warmup"});
+  if (a.help) {
+    std::printf("usage: seqtrain bench CONFIG.yaml [--steps N=10] [--warmup N=3] [--set key=value ...]\n\n"
+                "Times full training steps (forward, backward, clip, AdamW) of the configured model on\n"
+                "random tokens and prints steady-state tokens/s, MFU and memory. No data files needed.\n");
+    return 0;
+  }
+  if (a.positional.size() != 1) throw UsageError("bench takes exactly one CONFIG.yaml");
+  train::Config cfg = train::load_config(a.positional[0], a.all("set"));
+  const int64_t steps = int64_t(a.number("steps", 10)), warmup = int64_t(a.number("warmup", 3));
+  Device device = train::resolve_device(cfg.run.device);
+  train::TrainState state(cfg, device);
+  const auto& tc = cfg.training;
+  const int64_t micro = tc.batch_tokens / (tc.micro_batch * tc.seq_len);
+  int64_t draw = 0;
+  auto next = [&] {
+    std::vector<int64_t> v(size_t(tc.micro_batch * (tc.seq_len + 1)));
+    for (auto& x : v) x = int64_t(philox::uniform(cfg.run.seed, 77, uint64_t(draw++), 0, double(cfg.model.vocab_size)));
+    Tensor all = Tensor::from_ints(v, {tc.micro_batch, tc.seq_len + 1}, DType::I32);
+    return std::make_pair(all.slice(1, 0, tc.seq_len).contiguous(), all.slice(1, 1, tc.seq_len + 1).contiguous());
+  };
+  for (int64_t i = 0; i < warmup; ++i) state.step(i, micro, next);
+  auto t0 = std::chrono::steady_clock::now();
+  train::TrainState::StepStats s{};
+  for (int64_t i = 0; i < steps; ++i) s = state.step(warmup + i, micro, next);
+  double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / double(steps);
+  double tok_s = double(tc.batch_tokens) / sec;
+  double flops = state.model().flops_per_token(tc.seq_len) * tok_s;
+  std::printf("bench %s: %s %s, %.1fM params, %lldx%lld tokens/step | %.1f ms/step | %.0f tokens/s | %.1f TFLOP/s"
+              " | MFU %.1f%% (of 989 TFLOP/s) | mem %.2f GiB | loss %.3f\n",
+              cfg.run.name.c_str(), device.str().c_str(), dtype_name(state.compute()),
+              double(state.model().num_parameters()) / 1e6, (long long)tc.micro_batch * micro, (long long)tc.seq_len,
+              sec * 1e3, tok_s, flops / 1e12, 100.0 * flops / 989e12, train::memory_in_use_gib(device), s.loss);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+    std::printf("%s", kUsage);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  const std::map<std::string, int (*)(int, char**)> commands = {
+      {"train", cmd_train}, {"generate", cmd_generate}, {"prepare-data", cmd_prepare},
+      {"inspect", cmd_inspect}, {"bench", cmd_bench}};
+  auto it = commands.find(cmd);
+  if (it == commands.end()) {
+    std::fprintf(stderr, "seqtrain: unknown command '%s'\n%s", cmd.c_str(), kUsage);
+    return 2;
+  }
+  try {
+    return it->second(argc, argv);
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "seqtrain %s: %s (see 'seqtrain %s --help')\n", cmd.c_str(), e.what(), cmd.c_str());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "seqtrain %s: error: %s\n", cmd.c_str(), e.what());
+    return 1;
+  }
+}

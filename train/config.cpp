@@ -1,0 +1,881 @@
+// Config loading: YAML text -> Tree (our own node type: every node keeps its file and line) ->
+// merge preset, run file and --set overrides -> typed structs, strictly -> consistency checks.
+// Merging trees before typing lets every error name the file and line the offending value came from,
+// whichever of the three it was. One field list per struct (fields() below) drives reading, writing
+// and the set of valid keys, so they cannot drift apart.
+#include "train/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <sstream>
+#include <type_traits>
+#include <utility>
+
+#include "layers/mixer.h"
+
+namespace seqtrain::train {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Where a value came from: a line of a file, or a --set override (which has no lines).
+struct Origin {
+  std::string source;
+  int line = 0;  // 1-based; 0 = the source as a whole
+  std::string str() const { return line > 0 ? str_cat(source, ":", line) : source; }
+};
+
+[[noreturn]] void fail(const Origin& at, const std::string& key, const std::string& message) {
+  throw ConfigError(str_cat(at.str(), ": ", key, ": ", message));
+}
+
+std::string join_key(const std::string& path, const std::string& key) {
+  return path.empty() ? key : path + "." + key;
+}
+
+std::string join_list(const std::vector<std::string>& names) {
+  std::string out;
+  for (const std::string& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t substitute = diagonal + (a[i - 1] == b[j - 1] ? 0 : 1);
+      diagonal = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, substitute});
+    }
+  }
+  return row[b.size()];
+}
+
+// "; did you mean 'x'?" for a near miss, else the whole list.
+std::string suggestion(const std::string& name, const std::vector<std::string>& valid) {
+  const std::string* best = nullptr;
+  size_t best_distance = 0;
+  for (const std::string& v : valid) {
+    size_t d = edit_distance(name, v);
+    if (!best || d < best_distance) best = &v, best_distance = d;
+  }
+  if (best && (best_distance <= 2 || best_distance * 3 <= name.size())) return "; did you mean '" + *best + "'?";
+  return "; expected one of " + join_list(valid);
+}
+
+// A YAML node with the origin of every node and mapping key.
+struct Tree {
+  enum class Kind { Null, Scalar, Sequence, Map };
+  struct Entry;
+
+  Kind kind = Kind::Null;
+  std::string scalar;
+  bool plain = true;  // unquoted; a quoted "123" is a string, never a number
+  std::vector<Tree> items;
+  std::vector<Entry> entries;  // in file order
+  Origin origin;
+
+  const Entry* find(const std::string& key) const;
+  Entry* find(const std::string& key) { return const_cast<Entry*>(std::as_const(*this).find(key)); }
+};
+
+struct Tree::Entry {
+  std::string key;
+  Origin key_origin;
+  Tree value;
+};
+
+const Tree::Entry* Tree::find(const std::string& key) const {
+  for (const Entry& e : entries)
+    if (e.key == key) return &e;
+  return nullptr;
+}
+
+std::string describe(const Tree& v) {
+  switch (v.kind) {
+    case Tree::Kind::Null: return "null";
+    case Tree::Kind::Scalar: return v.plain ? "'" + v.scalar + "'" : "the quoted string \"" + v.scalar + "\"";
+    case Tree::Kind::Sequence: return "a list";
+    case Tree::Kind::Map: return "a mapping";
+  }
+  return "";
+}
+
+// `fallback` is where a node without a position (an empty value) is reported. Mapping keys are
+// checked for duplicates here: yaml-cpp 0.7 keeps every entry of a repeated key in the node (a
+// lookup returns the first), so walking each mapping's entries sees all of them.
+Tree from_yaml(const YAML::Node& node, const Origin& fallback, const std::string& path) {
+  Tree tree;
+  tree.origin = fallback;
+  if (fallback.line > 0 && node.Mark().line >= 0) tree.origin.line = node.Mark().line + 1;
+  switch (node.Type()) {
+    case YAML::NodeType::Undefined:
+    case YAML::NodeType::Null:
+      break;
+    case YAML::NodeType::Scalar:
+      tree.kind = Tree::Kind::Scalar;
+      tree.scalar = node.Scalar();
+      tree.plain = node.Tag() == "?";
+      break;
+    case YAML::NodeType::Sequence:
+      tree.kind = Tree::Kind::Sequence;
+      for (size_t i = 0; i < node.size(); ++i)
+        tree.items.push_back(from_yaml(node[i], tree.origin, str_cat(path, "[", i, "]")));
+      break;
+    case YAML::NodeType::Map:
+      tree.kind = Tree::Kind::Map;
+      for (const auto& kv : node) {
+        Tree key = from_yaml(kv.first, tree.origin, path);
+        if (key.kind != Tree::Kind::Scalar)
+          fail(key.origin, path.empty() ? "(top level)" : path, "mapping keys must be names, got " + describe(key));
+        std::string key_path = join_key(path, key.scalar);
+        if (const Tree::Entry* first = tree.find(key.scalar)) {
+          fail(key.origin, key_path,
+               first->key_origin.line > 0 ? str_cat("duplicate key (first at line ", first->key_origin.line, ")")
+                                          : "duplicate key");
+        }
+        tree.entries.push_back({key.scalar, key.origin, from_yaml(kv.second, key.origin, key_path)});
+      }
+      break;
+  }
+  return tree;
+}
+
+Tree parse_yaml_file_text(const std::string& text, const std::string& source) {
+  YAML::Node node;
+  try {
+    node = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(str_cat(source, ":", e.mark.line + 1, ":", e.mark.column + 1, ": ", e.msg));
+  }
+  Tree tree = from_yaml(node, Origin{source, 1}, "");
+  if (tree.kind == Tree::Kind::Null) tree.kind = Tree::Kind::Map;  // an empty file: all defaults
+  if (tree.kind != Tree::Kind::Map)
+    throw ConfigError(str_cat(tree.origin.str(), ": expected a mapping of sections (run, model, ...), got ",
+                              describe(tree)));
+  return tree;
+}
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::error_code ec;
+  if (!in || fs::is_directory(path, ec)) throw ConfigError("cannot open config file '" + path + "'");
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// Overlays `top` on `base`: mappings merge key by key (recursively), anything else replaces. An
+// empty value over a mapping keeps the mapping: `model:` with nothing under it is an empty section.
+void merge(Tree& base, Tree top) {
+  if (base.kind == Tree::Kind::Map && top.kind == Tree::Kind::Map) {
+    for (Tree::Entry& e : top.entries) {
+      if (Tree::Entry* existing = base.find(e.key)) {
+        existing->key_origin = e.key_origin;
+        merge(existing->value, std::move(e.value));
+      } else {
+        base.entries.push_back(std::move(e));
+      }
+    }
+  } else if (!(base.kind == Tree::Kind::Map && top.kind == Tree::Kind::Null)) {
+    base = std::move(top);
+  }
+}
+
+// "section.key=value" -> {section: {key: value}}, every node reporting the override itself.
+Tree override_tree(const std::string& text) {
+  Origin origin{"--set " + text, 0};
+  size_t eq = text.find('=');
+  std::vector<std::string> path;
+  if (eq != std::string::npos) {
+    std::string key = text.substr(0, eq);
+    for (size_t start = 0;;) {
+      size_t dot = key.find('.', start);
+      path.push_back(key.substr(start, dot - start));
+      if (dot == std::string::npos) break;
+      start = dot + 1;
+    }
+  }
+  bool valid = !path.empty();
+  for (const std::string& part : path)
+    valid = valid && !part.empty() && std::all_of(part.begin(), part.end(), [](unsigned char c) {
+              return std::isalnum(c) || c == '_';
+            });
+  if (!valid) throw ConfigError(origin.str() + ": expected section.key=value, e.g. --set model.d_model=512");
+
+  YAML::Node value;
+  try {
+    value = YAML::Load(text.substr(eq + 1));
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(str_cat(origin.str(), ": cannot parse the value as YAML: ", e.msg));
+  }
+  Tree tree = from_yaml(value, origin, text.substr(0, eq));
+  for (size_t i = path.size(); i-- > 0;) {
+    Tree parent;
+    parent.kind = Tree::Kind::Map;
+    parent.origin = origin;
+    parent.entries.push_back({path[i], origin, std::move(tree)});
+    tree = std::move(parent);
+  }
+  return tree;
+}
+
+// ---- field lists: one per struct, in the order to_yaml writes them --------------------------------
+
+// model.preset: YAML null (no preset) or a name; stored as an empty or non-empty string.
+struct NullableString {
+  std::string& value;
+};
+
+template <typename V>
+void fields(V& v, RunConfig& c) {
+  v("name", c.name);
+  v("dir", c.dir);
+  v("seed", c.seed);
+  v("device", c.device);
+}
+template <typename V>
+void fields(V& v, MlpConfig& c) {
+  v("type", c.type);
+  v("mult", c.mult);
+  v("hidden", c.hidden);
+}
+template <typename V>
+void fields(V& v, AttnConfig& c) {
+  v("n_heads", c.n_heads);
+  v("n_kv_heads", c.n_kv_heads);
+  v("pos", c.pos);
+  v("window", c.window);
+  v("rope_theta", c.rope_theta);
+}
+template <typename V>
+void fields(V& v, ModelConfig& c) {
+  v("preset", NullableString{c.preset});
+  v("vocab_size", c.vocab_size);
+  v("vocab_pad_to", c.vocab_pad_to);
+  v("d_model", c.d_model);
+  v("n_layers", c.n_layers);
+  v("max_seq_len", c.max_seq_len);
+  v("pattern", c.pattern);
+  v("layers", c.layers);
+  v("norm", c.norm);
+  v("norm_eps", c.norm_eps);
+  v("mlp", c.mlp);
+  v("attn", c.attn);
+  v("tie_embeddings", c.tie_embeddings);
+  v("bias", c.bias);
+  v("init_std", c.init_std);
+}
+template <typename V>
+void fields(V& v, DataConfig& c) {
+  v("train", c.train);
+  v("val", c.val);
+}
+template <typename V>
+void fields(V& v, OptimizerConfig& c) {
+  v("name", c.name);
+  v("lr", c.lr);
+  v("betas", c.betas);
+  v("eps", c.eps);
+  v("weight_decay", c.weight_decay);
+  v("grad_clip", c.grad_clip);
+}
+template <typename V>
+void fields(V& v, ScheduleConfig& c) {
+  v("warmup_steps", c.warmup_steps);
+  v("decay", c.decay);
+  v("min_lr_ratio", c.min_lr_ratio);
+}
+template <typename V>
+void fields(V& v, TrainingConfig& c) {
+  v("seq_len", c.seq_len);
+  v("micro_batch", c.micro_batch);
+  v("batch_tokens", c.batch_tokens);
+  v("steps", c.steps);
+  v("precision", c.precision);
+  v("eval_every", c.eval_every);
+  v("eval_steps", c.eval_steps);
+  v("recompute", c.recompute);
+}
+template <typename V>
+void fields(V& v, CheckpointConfig& c) {
+  v("every", c.every);
+  v("keep", c.keep);
+  v("resume", c.resume);
+}
+template <typename V>
+void fields(V& v, LoggingConfig& c) {
+  v("every", c.every);
+}
+template <typename V>
+void fields(V& v, ParallelConfig& c) {
+  v("dp", c.dp);
+  v("tp", c.tp);
+  v("cp", c.cp);
+}
+template <typename V>
+void fields(V& v, Config& c) {
+  v("run", c.run);
+  v("model", c.model);
+  v("data", c.data);
+  v("optimizer", c.optimizer);
+  v("schedule", c.schedule);
+  v("training", c.training);
+  v("checkpoint", c.checkpoint);
+  v("logging", c.logging);
+  v("parallel", c.parallel);
+}
+
+struct KeyLister {
+  std::vector<std::string> keys;
+  template <typename T>
+  void operator()(const char* key, T&&) {
+    keys.push_back(key);
+  }
+};
+
+// A section is a struct with a field list; everything else is a value.
+template <typename T, typename = void>
+struct IsSection : std::false_type {};
+template <typename T>
+struct IsSection<T, std::void_t<decltype(fields(std::declval<KeyLister&>(), std::declval<T&>()))>>
+    : std::true_type {};
+
+// ---- reading values ------------------------------------------------------------------------------
+
+// Where each value was set ("model.d_model" -> run.yaml:7); values left at their default report the
+// run file as a whole.
+struct Context {
+  std::string source;
+  std::map<std::string, Origin> origins;
+
+  Origin where(const std::string& key) const {
+    auto it = origins.find(key);
+    return it == origins.end() ? Origin{source, 0} : it->second;
+  }
+};
+
+template <typename T>
+bool parse_integer(const Tree& v, T& out) {
+  if (v.kind != Tree::Kind::Scalar || !v.plain) return false;
+  const char* end = v.scalar.data() + v.scalar.size();
+  auto [stop, ec] = std::from_chars(v.scalar.data(), end, out);
+  return ec == std::errc() && stop == end;
+}
+
+void convert(const Tree& v, const std::string& key, int64_t& out) {
+  if (!parse_integer(v, out)) fail(v.origin, key, "expected an integer, got " + describe(v));
+}
+void convert(const Tree& v, const std::string& key, int& out) {
+  if (!parse_integer(v, out)) fail(v.origin, key, "expected an integer, got " + describe(v));
+}
+void convert(const Tree& v, const std::string& key, uint64_t& out) {
+  if (!parse_integer(v, out)) fail(v.origin, key, "expected a non-negative integer, got " + describe(v));
+}
+void convert(const Tree& v, const std::string& key, double& out) {
+  const std::string& s = v.scalar;
+  bool ok = v.kind == Tree::Kind::Scalar && v.plain && !s.empty() &&
+            (std::isdigit(static_cast<unsigned char>(s[0])) || s[0] == '-' || s[0] == '+' || s[0] == '.');
+  if (ok) {
+    char* end = nullptr;
+    out = std::strtod(s.c_str(), &end);
+    ok = end == s.c_str() + s.size() && std::isfinite(out);
+  }
+  if (!ok) fail(v.origin, key, "expected a number, got " + describe(v));
+}
+void convert(const Tree& v, const std::string& key, bool& out) {
+  const std::string& s = v.scalar;
+  bool is_true = s == "true" || s == "True" || s == "TRUE";
+  bool is_false = s == "false" || s == "False" || s == "FALSE";
+  if (v.kind != Tree::Kind::Scalar || !v.plain || !(is_true || is_false))
+    fail(v.origin, key, "expected true or false, got " + describe(v));
+  out = is_true;
+}
+void convert(const Tree& v, const std::string& key, std::string& out) {
+  if (v.kind != Tree::Kind::Scalar) fail(v.origin, key, "expected a string, got " + describe(v));
+  out = v.scalar;
+}
+void convert(const Tree& v, const std::string& key, NullableString out) {
+  if (v.kind == Tree::Kind::Null) {
+    out.value.clear();
+    return;
+  }
+  if (v.kind != Tree::Kind::Scalar || v.scalar.empty())
+    fail(v.origin, key, "expected a name or null, got " + describe(v));
+  out.value = v.scalar;
+}
+void convert(const Tree& v, const std::string& key, std::array<double, 2>& out) {
+  if (v.kind != Tree::Kind::Sequence || v.items.size() != 2)
+    fail(v.origin, key, "expected a list of 2 numbers like [0.9, 0.95], got " + describe(v));
+  for (size_t i = 0; i < 2; ++i) convert(v.items[i], str_cat(key, "[", i, "]"), out[i]);
+}
+void convert(const Tree& v, const std::string& key, std::vector<std::string>& out, Context& ctx) {
+  if (v.kind != Tree::Kind::Sequence) fail(v.origin, key, "expected a list like [attn, mamba], got " + describe(v));
+  out.clear();
+  for (size_t i = 0; i < v.items.size(); ++i) {
+    std::string item_key = str_cat(key, "[", i, "]");
+    ctx.origins[item_key] = v.items[i].origin;
+    convert(v.items[i], item_key, out.emplace_back());
+  }
+}
+template <typename T>
+void convert(const Tree& v, const std::string& key, T&& out, Context&) {
+  convert(v, key, std::forward<T>(out));
+}
+
+template <typename T>
+void read_section(const Tree& map, const std::string& path, Context& ctx, T& out);
+
+struct Reader {
+  const Tree& map;
+  const std::string& path;
+  Context& ctx;
+
+  template <typename T>
+  void operator()(const char* key, T&& out) {
+    const Tree::Entry* entry = map.find(key);
+    if (!entry) return;
+    std::string key_path = join_key(path, key);
+    const Tree& value = entry->value;
+    if constexpr (IsSection<std::decay_t<T>>::value) {
+      if (value.kind == Tree::Kind::Null) return;  // `attn:` with nothing under it
+      if (value.kind != Tree::Kind::Map) fail(value.origin, key_path, "expected a mapping of keys, got " + describe(value));
+      read_section(value, key_path, ctx, out);
+    } else {
+      ctx.origins[key_path] = value.origin;
+      convert(value, key_path, std::forward<T>(out), ctx);
+    }
+  }
+};
+
+// Unknown keys are reported before any value is read, so a misspelt key is named as such rather
+// than as a missing value elsewhere.
+template <typename T>
+void read_section(const Tree& map, const std::string& path, Context& ctx, T& out) {
+  KeyLister valid;
+  fields(valid, out);
+  for (const Tree::Entry& e : map.entries)
+    if (std::find(valid.keys.begin(), valid.keys.end(), e.key) == valid.keys.end())
+      fail(e.key_origin, join_key(path, e.key), "unknown key" + suggestion(e.key, valid.keys));
+  Reader reader{map, path, ctx};
+  fields(reader, out);
+}
+
+// ---- presets -------------------------------------------------------------------------------------
+
+std::vector<fs::path> preset_dirs(const std::optional<fs::path>& config_dir) {
+  std::vector<fs::path> dirs;
+  if (config_dir) dirs.push_back((*config_dir / ".." / "models").lexically_normal());
+  dirs.push_back(fs::path("configs") / "models");
+  dirs.push_back(fs::path(SEQTRAIN_SOURCE_DIR) / "configs" / "models");
+  return dirs;
+}
+
+// Keys that say one thing two ways, the first winning when set: a run that gives the second must
+// drop the preset's first, or the preset would silently override the run.
+const std::pair<std::vector<std::string>, std::vector<std::string>> kPresetAlternatives[] = {
+    {{"layers"}, {"pattern"}},
+    {{"mlp", "hidden"}, {"mlp", "mult"}},
+};
+
+const Tree* lookup(const Tree& map, const std::vector<std::string>& path) {
+  const Tree* node = &map;
+  for (const std::string& key : path) {
+    const Tree::Entry* e = node->kind == Tree::Kind::Map ? node->find(key) : nullptr;
+    if (!e) return nullptr;
+    node = &e->value;
+  }
+  return node;
+}
+
+void erase(Tree& map, const std::vector<std::string>& path) {
+  Tree* parent = const_cast<Tree*>(lookup(map, std::vector<std::string>(path.begin(), path.end() - 1)));
+  if (!parent || parent->kind != Tree::Kind::Map) return;
+  auto& entries = parent->entries;
+  entries.erase(std::remove_if(entries.begin(), entries.end(), [&](const Tree::Entry& e) { return e.key == path.back(); }),
+                entries.end());
+}
+
+// Replaces root.model by the named preset's model keys overlaid with root.model's.
+void expand_preset(Tree& root, const std::optional<fs::path>& config_dir) {
+  Tree::Entry* model = root.find("model");
+  const Tree::Entry* preset = model && model->value.kind == Tree::Kind::Map ? model->value.find("preset") : nullptr;
+  if (!preset || preset->value.kind == Tree::Kind::Null) return;
+  const Tree& name = preset->value;
+  bool valid_name = name.kind == Tree::Kind::Scalar && !name.scalar.empty() &&
+                    std::all_of(name.scalar.begin(), name.scalar.end(), [](unsigned char c) {
+                      return std::isalnum(c) || c == '-' || c == '_' || c == '.';
+                    });
+  if (!valid_name) fail(name.origin, "model.preset", "expected a preset name like gpt2-124m or null, got " + describe(name));
+
+  std::vector<std::string> searched, available;
+  std::optional<fs::path> file;
+  for (const fs::path& dir : preset_dirs(config_dir)) {
+    std::error_code ec;
+    fs::path candidate = dir / (name.scalar + ".yaml");
+    searched.push_back(dir.string());
+    if (!file && fs::is_regular_file(candidate, ec)) file = candidate;
+    for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
+      if (it->path().extension() == ".yaml") available.push_back(it->path().stem().string());
+  }
+  if (!file) {
+    std::sort(available.begin(), available.end());
+    available.erase(std::unique(available.begin(), available.end()), available.end());
+    fail(name.origin, "model.preset",
+         str_cat("unknown preset '", name.scalar, "'; expected one of ", join_list(available), " (searched ",
+                 join_list(searched), ")"));
+  }
+
+  std::string source = file->string();
+  Tree preset_root = parse_yaml_file_text(read_text_file(source), source);
+  for (const Tree::Entry& e : preset_root.entries)
+    if (e.key != "model") fail(e.key_origin, e.key, "a preset file holds only model: keys; expected model");
+  const Tree::Entry* preset_model = preset_root.find("model");
+  if (!preset_model || preset_model->value.kind != Tree::Kind::Map)
+    throw ConfigError(source + ": expected a model: mapping");
+
+  Tree merged = preset_model->value;
+  for (const auto& [first, second] : kPresetAlternatives)
+    if (lookup(model->value, second)) erase(merged, first);
+  merge(merged, std::move(model->value));
+  model->value = std::move(merged);
+}
+
+// ---- consistency checks --------------------------------------------------------------------------
+
+class Validator {
+ public:
+  explicit Validator(const Context& ctx) : ctx_(ctx) {}
+
+  void check(bool ok, const std::string& key, const std::string& message) const {
+    if (!ok) fail(ctx_.where(key), key, message);
+  }
+  template <typename T>
+  void positive(const std::string& key, T value) const {
+    check(value > 0, key, str_cat("got ", value, "; expected a positive value"));
+  }
+  template <typename T>
+  void non_negative(const std::string& key, T value) const {
+    check(value >= 0, key, str_cat("got ", value, "; expected a non-negative value"));
+  }
+  void one_of(const std::string& key, const std::string& value, const std::vector<std::string>& allowed) const {
+    bool ok = std::find(allowed.begin(), allowed.end(), value) != allowed.end();
+    check(ok, key, "unknown value '" + value + "'" + suggestion(value, allowed));
+  }
+
+ private:
+  const Context& ctx_;
+};
+
+bool is_device_name(const std::string& d) {
+  if (d == "auto" || d == "cpu" || d == "cuda") return true;
+  return d.size() > 5 && d.compare(0, 5, "cuda:") == 0 &&
+         std::all_of(d.begin() + 5, d.end(), [](unsigned char c) { return std::isdigit(c); });
+}
+
+void validate_mixers(const Validator& check, const std::string& key, const std::vector<std::string>& types) {
+  std::vector<std::string> known;
+  for (const auto& entry : mixer_registry()) known.push_back(entry.first);
+  for (size_t i = 0; i < types.size(); ++i) {
+    bool ok = mixer_registry().count(types[i]) > 0;
+    check.check(ok, str_cat(key, "[", i, "]"), "unknown mixer type '" + types[i] + "'" + suggestion(types[i], known));
+  }
+}
+
+void validate(const Config& c, const Context& ctx) {
+  Validator check(ctx);
+
+  check.check(!c.run.name.empty(), "run.name", "is empty; expected a name");
+  check.check(!c.run.dir.empty(), "run.dir", "is empty; expected a folder");
+  check.check(is_device_name(c.run.device), "run.device",
+              "unknown device '" + c.run.device + "'; expected auto, cpu, cuda or cuda:N");
+
+  const ModelConfig& m = c.model;
+  check.positive("model.vocab_size", m.vocab_size);
+  check.positive("model.vocab_pad_to", m.vocab_pad_to);
+  check.positive("model.d_model", m.d_model);
+  check.positive("model.n_layers", m.n_layers);
+  check.positive("model.max_seq_len", m.max_seq_len);
+  if (m.layers.empty()) {
+    check.check(!m.pattern.empty(), "model.pattern", "is empty; expected at least one mixer type");
+    validate_mixers(check, "model.pattern", m.pattern);
+  } else {
+    check.check(static_cast<int64_t>(m.layers.size()) == m.n_layers, "model.layers",
+                str_cat("has ", m.layers.size(), " entries but model.n_layers is ", m.n_layers,
+                        "; expected one mixer type per layer"));
+    validate_mixers(check, "model.layers", m.layers);
+  }
+  check.one_of("model.norm", m.norm, {"rmsnorm", "layernorm"});
+  check.positive("model.norm_eps", m.norm_eps);
+  check.positive("model.init_std", m.init_std);
+  check.one_of("model.mlp.type", m.mlp.type, {"gelu", "swiglu"});
+  check.positive("model.mlp.mult", m.mlp.mult);
+  check.non_negative("model.mlp.hidden", m.mlp.hidden);
+  check.positive("model.attn.n_heads", m.attn.n_heads);
+  check.non_negative("model.attn.n_kv_heads", m.attn.n_kv_heads);
+  check.check(m.d_model % m.attn.n_heads == 0, "model.attn.n_heads",
+              str_cat(m.attn.n_heads, " does not divide model.d_model = ", m.d_model, "; expected a divisor of it"));
+  check.check(m.attn.n_heads % m.kv_heads() == 0, "model.attn.n_kv_heads",
+              str_cat(m.attn.n_kv_heads, " does not divide model.attn.n_heads = ", m.attn.n_heads,
+                      "; expected a divisor of it (or 0 for n_heads)"));
+  check.one_of("model.attn.pos", m.attn.pos, {"rope", "learned", "none"});
+  if (m.attn.pos == "rope") {
+    check.check((m.d_model / m.attn.n_heads) % 2 == 0, "model.attn.pos",
+                str_cat("rope needs an even head size, got d_model / n_heads = ", m.d_model / m.attn.n_heads,
+                        "; expected an even number"));
+  }
+  if (m.attn.pos == "learned") {
+    check.check(c.training.seq_len <= m.max_seq_len, "training.seq_len",
+                str_cat(c.training.seq_len, " exceeds model.max_seq_len = ", m.max_seq_len,
+                        " (the learned position table); expected at most that"));
+  }
+  check.non_negative("model.attn.window", m.attn.window);
+  check.positive("model.attn.rope_theta", m.attn.rope_theta);
+
+  check.check(!c.data.train.empty(), "data.train", "is empty; expected a token file");
+  check.check(c.training.eval_every == 0 || !c.data.val.empty(), "data.val",
+              "is empty but training.eval_every > 0; expected a token file");
+
+  const OptimizerConfig& o = c.optimizer;
+  check.one_of("optimizer.name", o.name, {"adamw"});
+  check.positive("optimizer.lr", o.lr);
+  for (size_t i = 0; i < 2; ++i) {
+    check.check(o.betas[i] >= 0 && o.betas[i] < 1, str_cat("optimizer.betas[", i, "]"),
+                str_cat("got ", o.betas[i], "; expected a value in [0, 1)"));
+  }
+  check.positive("optimizer.eps", o.eps);
+  check.non_negative("optimizer.weight_decay", o.weight_decay);
+  check.non_negative("optimizer.grad_clip", o.grad_clip);
+
+  const TrainingConfig& t = c.training;
+  check.positive("training.seq_len", t.seq_len);
+  check.positive("training.micro_batch", t.micro_batch);
+  check.positive("training.batch_tokens", t.batch_tokens);
+  check.positive("training.steps", t.steps);
+  check.one_of("training.precision", t.precision, {"bf16", "f32"});
+  check.non_negative("training.eval_every", t.eval_every);
+  if (t.eval_every > 0) check.positive("training.eval_steps", t.eval_steps);
+  // With an explicit dp every rank must run the same number of micro-batches per step.
+  int64_t tokens_per_round = t.micro_batch * t.seq_len * std::max(c.parallel.dp, 1);
+  check.check(t.batch_tokens % tokens_per_round == 0, "training.batch_tokens",
+              str_cat(t.batch_tokens, " is not a multiple of micro_batch * seq_len",
+                      c.parallel.dp > 1 ? " * parallel.dp" : "", " = ", tokens_per_round,
+                      "; expected a multiple of it (each step accumulates whole micro-batches)"));
+
+  const ScheduleConfig& s = c.schedule;
+  check.non_negative("schedule.warmup_steps", s.warmup_steps);
+  check.check(s.warmup_steps <= t.steps, "schedule.warmup_steps",
+              str_cat(s.warmup_steps, " exceeds training.steps = ", t.steps, "; expected at most that"));
+  check.one_of("schedule.decay", s.decay, {"cosine", "linear", "constant"});
+  check.check(s.min_lr_ratio >= 0 && s.min_lr_ratio <= 1, "schedule.min_lr_ratio",
+              str_cat("got ", s.min_lr_ratio, "; expected a value in [0, 1]"));
+
+  check.non_negative("checkpoint.every", c.checkpoint.every);
+  check.non_negative("checkpoint.keep", c.checkpoint.keep);
+  check.check(!c.checkpoint.resume.empty(), "checkpoint.resume", "is empty; expected auto, none or a checkpoint path");
+
+  check.positive("logging.every", c.logging.every);
+
+  check.check(c.parallel.dp == -1 || c.parallel.dp >= 1, "parallel.dp",
+              str_cat("got ", c.parallel.dp, "; expected -1 (the rest of the world) or a positive size"));
+  check.positive("parallel.tp", c.parallel.tp);
+  check.positive("parallel.cp", c.parallel.cp);
+}
+
+Config build_config(Tree root, const std::string& source, const std::optional<fs::path>& config_dir,
+                    const std::vector<std::string>& overrides) {
+  for (const std::string& text : overrides) merge(root, override_tree(text));
+  expand_preset(root, config_dir);
+  Config config;
+  Context ctx{source, {}};
+  read_section(root, "", ctx, config);
+  validate(config, ctx);
+  config.source = source;
+  return config;
+}
+
+// ---- writing -------------------------------------------------------------------------------------
+
+// The shortest text that reads back to the same double; integral values keep a ".0" so they read
+// as the numbers they are rather than as "1e+04".
+std::string format_double(double x) {
+  char text[40];
+  if (x == std::trunc(x) && std::abs(x) < 1e15) {
+    std::snprintf(text, sizeof text, "%.1f", x);
+    return text;
+  }
+  for (int digits = 1; digits <= 17; ++digits) {
+    std::snprintf(text, sizeof text, "%.*g", digits, x);
+    if (std::strtod(text, nullptr) == x) break;
+  }
+  return text;
+}
+
+struct Writer {
+  YAML::Emitter& out;
+
+  template <typename T>
+  void operator()(const char* key, T&& value) {
+    out << YAML::Key << key << YAML::Value;
+    if constexpr (IsSection<std::decay_t<T>>::value) {
+      out << YAML::BeginMap;
+      fields(*this, value);
+      out << YAML::EndMap;
+    } else {
+      write(value);
+    }
+  }
+
+  void write(int64_t v) { out << std::to_string(v); }
+  void write(int v) { out << std::to_string(v); }
+  void write(uint64_t v) { out << std::to_string(v); }
+  void write(double v) { out << format_double(v); }
+  void write(bool v) { out << (v ? "true" : "false"); }
+  void write(const std::string& v) { out << v; }
+  void write(const NullableString& v) {
+    if (v.value.empty()) out << YAML::Null;
+    else out << v.value;
+  }
+  void write(const std::array<double, 2>& v) {
+    out << YAML::Flow << YAML::BeginSeq << format_double(v[0]) << format_double(v[1]) << YAML::EndSeq;
+  }
+  void write(const std::vector<std::string>& v) {
+    out << YAML::Flow << YAML::BeginSeq;
+    for (const std::string& s : v) out << s;
+    out << YAML::EndSeq;
+  }
+};
+
+}  // namespace
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  fs::path dir = fs::path(path).parent_path();
+  return build_config(parse_yaml_file_text(read_text_file(path), path), path, dir.empty() ? fs::path(".") : dir,
+                      overrides);
+}
+
+Config parse_config(const std::string& yaml_text, const std::string& source_name,
+                    const std::vector<std::string>& overrides) {
+  return build_config(parse_yaml_file_text(yaml_text, source_name), source_name, std::nullopt, overrides);
+}
+
+std::string to_yaml(const Config& config) {
+  Config copy = config;  // the field lists take mutable references
+  YAML::Emitter out;
+  out << YAML::BeginMap;
+  Writer writer{out};
+  fields(writer, copy);
+  out << YAML::EndMap;
+  return std::string(out.c_str()) + "\n";
+}
+
+// ---- ModelConfig ---------------------------------------------------------------------------------
+
+std::vector<std::string> ModelConfig::resolved_layers() const {
+  if (!layers.empty()) {
+    if (static_cast<int64_t>(layers.size()) != n_layers)
+      throw ConfigError(str_cat("model.layers: has ", layers.size(), " entries but model.n_layers is ", n_layers,
+                                "; expected one mixer type per layer"));
+    return layers;
+  }
+  if (pattern.empty()) throw ConfigError("model.pattern: is empty; expected at least one mixer type");
+  std::vector<std::string> out;
+  for (int64_t i = 0; i < n_layers; ++i) out.push_back(pattern[static_cast<size_t>(i) % pattern.size()]);
+  return out;
+}
+
+std::string ModelConfig::layers_code() const {
+  std::string letters;
+  for (const std::string& type : resolved_layers())
+    letters += static_cast<char>(std::toupper(static_cast<unsigned char>(type.empty() ? '?' : type[0])));
+
+  // Greedy from the left: at each position take the period whose repeats cover the most layers
+  // (the shortest such period on ties); letters that start no repeat are kept as they are.
+  std::vector<std::string> runs;
+  std::string unrepeated;
+  for (size_t i = 0, n = letters.size(); i < n;) {
+    size_t best_period = 0, best_count = 1;
+    for (size_t period = 1; i + 2 * period <= n; ++period) {
+      size_t count = 1;
+      while (i + (count + 1) * period <= n && letters.compare(i + count * period, period, letters, i, period) == 0)
+        ++count;
+      if (count >= 2 && period * count > best_period * best_count) best_period = period, best_count = count;
+    }
+    if (best_count < 2) {
+      unrepeated += letters[i++];
+      continue;
+    }
+    if (!unrepeated.empty()) runs.push_back(std::move(unrepeated)), unrepeated.clear();
+    runs.push_back(str_cat(letters.substr(i, best_period), "×", best_count));
+    i += best_period * best_count;
+  }
+  if (!unrepeated.empty()) runs.push_back(unrepeated);
+  std::string code;
+  for (const std::string& run : runs) code += (code.empty() ? "" : "+") + run;
+  return code;
+}
+
+int64_t ModelConfig::padded_vocab_size() const {
+  int64_t pad = std::max<int64_t>(vocab_pad_to, 1);
+  return (vocab_size + pad - 1) / pad * pad;
+}
+
+int64_t ModelConfig::kv_heads() const { return attn.n_kv_heads == 0 ? attn.n_heads : attn.n_kv_heads; }
+
+// ---- equality ------------------------------------------------------------------------------------
+
+bool operator==(const RunConfig& a, const RunConfig& b) {
+  return std::tie(a.name, a.dir, a.seed, a.device) == std::tie(b.name, b.dir, b.seed, b.device);
+}
+bool operator==(const MlpConfig& a, const MlpConfig& b) {
+  return std::tie(a.type, a.mult, a.hidden) == std::tie(b.type, b.mult, b.hidden);
+}
+bool operator==(const AttnConfig& a, const AttnConfig& b) {
+  return std::tie(a.n_heads, a.n_kv_heads, a.pos, a.window, a.rope_theta) ==
+         std::tie(b.n_heads, b.n_kv_heads, b.pos, b.window, b.rope_theta);
+}
+bool operator==(const ModelConfig& a, const ModelConfig& b) {
+  return std::tie(a.preset, a.vocab_size, a.vocab_pad_to, a.d_model, a.n_layers, a.max_seq_len, a.pattern, a.layers,
+                  a.norm, a.norm_eps, a.mlp, a.attn, a.tie_embeddings, a.bias, a.init_std) ==
+         std::tie(b.preset, b.vocab_size, b.vocab_pad_to, b.d_model, b.n_layers, b.max_seq_len, b.pattern, b.layers,
+                  b.norm, b.norm_eps, b.mlp, b.attn, b.tie_embeddings, b.bias, b.init_std);
+}
+bool operator==(const DataConfig& a, const DataConfig& b) { return std::tie(a.train, a.val) == std::tie(b.train, b.val); }
+bool operator==(const OptimizerConfig& a, const OptimizerConfig& b) {
+  return std::tie(a.name, a.lr, a.betas, a.eps, a.weight_decay, a.grad_clip) ==
+         std::tie(b.name, b.lr, b.betas, b.eps, b.weight_decay, b.grad_clip);
+}
+bool operator==(const ScheduleConfig& a, const ScheduleConfig& b) {
+  return std::tie(a.warmup_steps, a.decay, a.min_lr_ratio) == std::tie(b.warmup_steps, b.decay, b.min_lr_ratio);
+}
+bool operator==(const TrainingConfig& a, const TrainingConfig& b) {
+  return std::tie(a.seq_len, a.micro_batch, a.batch_tokens, a.steps, a.precision, a.eval_every, a.eval_steps,
+                  a.recompute) == std::tie(b.seq_len, b.micro_batch, b.batch_tokens, b.steps, b.precision,
+                                           b.eval_every, b.eval_steps, b.recompute);
+}
+bool operator==(const CheckpointConfig& a, const CheckpointConfig& b) {
+  return std::tie(a.every, a.keep, a.resume) == std::tie(b.every, b.keep, b.resume);
+}
+bool operator==(const LoggingConfig& a, const LoggingConfig& b) { return a.every == b.every; }
+bool operator==(const ParallelConfig& a, const ParallelConfig& b) {
+  return std::tie(a.dp, a.tp, a.cp) == std::tie(b.dp, b.tp, b.cp);
+}
+bool operator==(const Config& a, const Config& b) {
+  return std::tie(a.run, a.model, a.data, a.optimizer, a.schedule, a.training, a.checkpoint, a.logging, a.parallel) ==
+         std::tie(b.run, b.model, b.data, b.optimizer, b.schedule, b.training, b.checkpoint, b.logging, b.parallel);
+}
+
+}  // namespace seqtrain::train

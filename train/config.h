@@ -1,0 +1,163 @@
+// Run configuration (DESIGN.md §6): one YAML file per run with the sections below, read strictly.
+// Unknown keys, wrong types, duplicate keys and inconsistent values are errors naming the file, line
+// and key. Defaults here are the documented defaults; a model preset (configs/models/<name>.yaml)
+// fills `model:` keys the run file does not give; `--set section.key=value` overrides (the value is
+// parsed as YAML, so `--set model.pattern=[mamba,attn]` works). The resolved config is written to
+// the run folder and into every checkpoint, and reads back to an equal Config.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+
+namespace seqtrain::train {
+
+// One line: "<file>:<line>: <section.key>: <what is wrong>; expected <what>".
+class ConfigError : public Error {
+ public:
+  using Error::Error;
+};
+
+struct RunConfig {
+  std::string name = "kjv-small";
+  std::string dir = "runs/kjv-small";
+  uint64_t seed = 1234;
+  std::string device = "auto";  // auto | cpu | cuda | cuda:N
+};
+
+struct MlpConfig {
+  std::string type = "swiglu";  // gelu | swiglu
+  double mult = 4;              // hidden = mult * d_model when `hidden` is 0
+  int64_t hidden = 0;           // 0 = derived from mult
+};
+
+struct AttnConfig {
+  int64_t n_heads = 4;
+  int64_t n_kv_heads = 4;  // 0 = n_heads; fewer than n_heads is grouped-query attention
+  std::string pos = "rope";  // rope | learned | none
+  int64_t window = 0;      // 0 = full causal attention; else each token sees the last `window` tokens
+  double rope_theta = 10000;
+};
+
+struct ModelConfig {
+  std::string preset;  // empty = none; otherwise the preset that filled the unset keys
+  int64_t vocab_size = 256;
+  int64_t d_model = 256;
+  int64_t n_layers = 4;
+  int64_t max_seq_len = 1024;  // size of the learned position table
+  std::vector<std::string> pattern = {"attn"};  // mixer types, tiled over n_layers
+  std::vector<std::string> layers;              // one mixer type per layer; overrides `pattern`
+  std::string norm = "rmsnorm";                 // rmsnorm | layernorm
+  double norm_eps = 1e-5;
+  MlpConfig mlp;
+  AttnConfig attn;
+  bool tie_embeddings = true;
+  bool bias = false;  // biases in linear layers and layernorm
+  double init_std = 0.02;
+  int64_t vocab_pad_to = 1;  // embedding rows are vocab_size rounded up to a multiple of this
+
+  // One mixer type per layer: `layers` if given (its length must be n_layers), else `pattern`
+  // repeated and cut to n_layers, the way hybrid patterns are written (Jamba: [mamba x7, attn]).
+  std::vector<std::string> resolved_layers() const;
+  // The resolved layers as a compact code: each mixer's first letter upper-cased, repeats of a
+  // period written once with a count, runs joined by '+': "A×12", "MMA×2", "A+M×3".
+  std::string layers_code() const;
+  // vocab_size rounded up to a multiple of vocab_pad_to.
+  int64_t padded_vocab_size() const;
+  // n_kv_heads with 0 resolved to n_heads.
+  int64_t kv_heads() const;
+};
+
+struct DataConfig {
+  std::string train = "data/kjv/train.bin";
+  std::string val = "data/kjv/val.bin";
+};
+
+struct OptimizerConfig {
+  std::string name = "adamw";
+  double lr = 3.0e-4;
+  std::array<double, 2> betas = {0.9, 0.95};
+  double eps = 1.0e-8;
+  double weight_decay = 0.1;
+  double grad_clip = 1.0;  // max global gradient norm; 0 = no clipping
+};
+
+struct ScheduleConfig {
+  int64_t warmup_steps = 100;
+  std::string decay = "cosine";  // cosine | linear | constant
+  double min_lr_ratio = 0.1;     // the final lr as a fraction of optimizer.lr
+};
+
+struct TrainingConfig {
+  int64_t seq_len = 256;
+  int64_t micro_batch = 16;
+  // Tokens per optimizer step: each step accumulates batch_tokens / (micro_batch * seq_len)
+  // micro-batches, summed over the data-parallel ranks.
+  int64_t batch_tokens = 16384;
+  int64_t steps = 2000;
+  std::string precision = "bf16";  // bf16 | f32
+  int64_t eval_every = 200;        // 0 = no periodic evaluation
+  int64_t eval_steps = 20;
+  bool recompute = false;  // recompute each block's activations in backward instead of storing them
+};
+
+struct CheckpointConfig {
+  int64_t every = 500;          // 0 = only the final checkpoint
+  int64_t keep = 3;             // 0 = keep all
+  std::string resume = "auto";  // auto (the newest in the run folder) | none | <checkpoint path>
+};
+
+struct LoggingConfig {
+  int64_t every = 10;
+};
+
+struct ParallelConfig {
+  int dp = -1;  // -1 = whatever the world size leaves after tp * cp
+  int tp = 1;
+  int cp = 1;
+};
+
+// A new key is a member here, a line in fields() in config.cpp and a term in operator==.
+struct Config {
+  RunConfig run;
+  ModelConfig model;
+  DataConfig data;
+  OptimizerConfig optimizer;
+  ScheduleConfig schedule;
+  TrainingConfig training;
+  CheckpointConfig checkpoint;
+  LoggingConfig logging;
+  ParallelConfig parallel;
+  std::string source;  // where it was read from; not part of the configuration (== ignores it)
+};
+
+bool operator==(const RunConfig& a, const RunConfig& b);
+bool operator==(const MlpConfig& a, const MlpConfig& b);
+bool operator==(const AttnConfig& a, const AttnConfig& b);
+bool operator==(const ModelConfig& a, const ModelConfig& b);
+bool operator==(const DataConfig& a, const DataConfig& b);
+bool operator==(const OptimizerConfig& a, const OptimizerConfig& b);
+bool operator==(const ScheduleConfig& a, const ScheduleConfig& b);
+bool operator==(const TrainingConfig& a, const TrainingConfig& b);
+bool operator==(const CheckpointConfig& a, const CheckpointConfig& b);
+bool operator==(const LoggingConfig& a, const LoggingConfig& b);
+bool operator==(const ParallelConfig& a, const ParallelConfig& b);
+bool operator==(const Config& a, const Config& b);
+inline bool operator!=(const Config& a, const Config& b) { return !(a == b); }
+
+// Reads the YAML file at `path`, expands model.preset, applies `overrides` ("section.key=value" or
+// "section.sub.key=value", the value parsed as YAML) and validates. Presets are searched in
+// <dir of path>/../models/, then ./configs/models/, then the source tree's configs/models/.
+Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+// The same from text; `source_name` stands for the file in messages. Presets are searched in
+// ./configs/models/, then the source tree's configs/models/.
+Config parse_config(const std::string& yaml_text, const std::string& source_name,
+                    const std::vector<std::string>& overrides = {});
+
+// Every key of the resolved config (preset expanded; `preset` kept for information) as YAML that
+// parse_config reads back to an equal Config.
+std::string to_yaml(const Config& config);
+
+}  // namespace seqtrain::train

@@ -1,0 +1,268 @@
+#include "train/trainer.h"
+
+#include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+
+#include "autograd/functions.h"
+#include "autograd/grad_mode.h"
+#include "data/token_loader.h"
+#include "train/checkpoint.h"
+#include "train/schedule.h"
+#ifdef SEQTRAIN_WITH_CUDA
+#include "core/cuda/runtime.h"
+#endif
+
+namespace seqtrain::train {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::atomic<int> g_stop_signal{0};
+extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+// bf16 dense peak of an H100 SXM (the figure PyTorch's and llm.c's MFU use).
+constexpr double kPeakFlops = 989e12;
+
+std::shared_ptr<spdlog::logger> make_logger(const std::string& run_dir) {
+  auto console = std::make_shared<spdlog::sinks::stdout_color_sink_mt>();
+  auto file = std::make_shared<spdlog::sinks::basic_file_sink_mt>(run_dir + "/logs/rank-0.log");
+  auto logger = std::make_shared<spdlog::logger>("seqtrain", spdlog::sinks_init_list{console, file});
+  logger->set_pattern("[%H:%M:%S] %v");
+  logger->flush_on(spdlog::level::info);
+  return logger;
+}
+
+// One JSON object per line, flushed per line, so a crashed run keeps every line it printed.
+class MetricsWriter {
+ public:
+  explicit MetricsWriter(const std::string& path) : f_(std::fopen(path.c_str(), "a")) {
+    ST_CHECK(f_, "cannot open metrics file '", path, "' for appending");
+  }
+  ~MetricsWriter() { std::fclose(f_); }
+  void write(const std::string& line) {
+    std::fprintf(f_, "%s\n", line.c_str());
+    std::fflush(f_);
+  }
+
+ private:
+  FILE* f_;
+};
+
+std::vector<NamedTensor> named_values(std::vector<NamedParameter>& params) {
+  std::vector<NamedTensor> out;
+  for (auto& np : params) out.push_back({np.name, np.param->value});
+  return out;
+}
+
+std::vector<OptimizerSlot> optimizer_slots(AdamW& opt) {
+  std::vector<OptimizerSlot> out;
+  for (auto& s : opt.slots()) out.push_back({s.name, s.m, s.v});
+  return out;
+}
+
+std::string fmt_duration(double seconds) {
+  int64_t s = int64_t(seconds);
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%lld:%02lld:%02lld", (long long)(s / 3600), (long long)(s / 60 % 60), (long long)(s % 60));
+  return buf;
+}
+
+}  // namespace
+
+Device resolve_device(const std::string& name) {
+  if (name == "auto") return cuda_available() ? Device::cuda(0) : Device::cpu();
+  Device d = parse_device(name);
+  ST_CHECK(!d.is_cuda() || d.index < cuda_device_count(), "run.device: ", name, " requested but ",
+           cuda_device_count(), " CUDA device(s) are available");
+  return d;
+}
+
+DType compute_dtype(const Config& cfg, Device device) {
+  return device.is_cuda() && cfg.training.precision == "bf16" ? DType::BF16 : DType::F32;
+}
+
+double memory_in_use_gib(Device device) {
+#ifdef SEQTRAIN_WITH_CUDA
+  if (device.is_cuda()) return double(cuda::pool_reserved_bytes(device.index)) / double(1ull << 30);
+#endif
+  std::ifstream statm("/proc/self/statm");
+  long pages = 0, resident = 0;
+  statm >> pages >> resident;
+  return double(resident) * 4096.0 / double(1ull << 30);
+}
+
+TrainState::TrainState(const Config& cfg, Device device)
+    : cfg_(cfg), device_(device), compute_(compute_dtype(cfg, device)) {
+  model_ = std::make_unique<LanguageModel>(cfg.model);
+  model_->init_parameters(cfg.run.seed);
+  model_->to(device);
+  params_ = model_->named_parameters();
+  optimizer_ = std::make_unique<AdamW>(params_, cfg.optimizer.betas[0], cfg.optimizer.betas[1], cfg.optimizer.eps,
+                                       cfg.optimizer.weight_decay);
+}
+
+void TrainState::backward_micro(const Tensor& ids, const Tensor& targets, double scale_by, Tensor& loss_sum) {
+  Tensor loss = model_->loss(ids.to(device_), targets.to(device_), compute_, cfg_.training.recompute);
+  scale(loss, scale_by).backward();
+  Tensor detached = ops::scale(loss.detach(), scale_by);
+  loss_sum = loss_sum.defined() ? ops::add(loss_sum, detached) : detached;
+}
+
+TrainState::StepStats TrainState::finish_step(int64_t step_index, const Tensor& loss_sum) {
+  const OptimizerConfig& o = cfg_.optimizer;
+  const ScheduleConfig& s = cfg_.schedule;
+  double loss = loss_sum.item();
+  double grad_norm = clip_grad_norm(params_, o.grad_clip);
+  ST_CHECK(std::isfinite(loss), "step ", step_index + 1, ": the training loss is ", loss,
+           "; lower optimizer.lr or check the data");
+  ST_CHECK(std::isfinite(grad_norm), "step ", step_index + 1, ": the gradient norm is ", grad_norm,
+           " (loss ", loss, "); lower optimizer.lr or enable gradient clipping");
+  double lr = learning_rate(step_index, cfg_.training.steps, o.lr, s.warmup_steps, s.decay, s.min_lr_ratio);
+  {
+    NoGradGuard no_grad;
+    optimizer_->step(lr, step_index + 1);
+  }
+  model_->zero_grad();
+  return {loss, grad_norm, lr};
+}
+
+TrainResult train(const Config& cfg) {
+  const std::string run_dir = cfg.run.dir;
+  fs::create_directories(run_dir + "/logs");
+  fs::create_directories(run_dir + "/checkpoints");
+  {
+    std::ofstream resolved(run_dir + "/config.yaml");
+    resolved << to_yaml(cfg);
+  }
+  auto log = make_logger(run_dir);
+  const Device device = resolve_device(cfg.run.device);
+  const TrainingConfig& tc = cfg.training;
+  const int64_t tokens_per_micro = tc.micro_batch * tc.seq_len;
+  const int64_t micro_batches = tc.batch_tokens / tokens_per_micro;
+
+  data::TokenLoader train_data(cfg.data.train, tc.seq_len, cfg.model.vocab_size, cfg.run.seed);
+  std::optional<data::TokenLoader> val_data;
+  if (!cfg.data.val.empty() && tc.eval_every > 0) val_data.emplace(cfg.data.val, tc.seq_len, cfg.model.vocab_size, cfg.run.seed);
+
+  TrainState state(cfg, device);
+  LanguageModel& model = state.model();
+  const double flops_per_token = model.flops_per_token(tc.seq_len);
+  log->info("run {}: {} on {} ({}), {} layers {}, {:.2f}M parameters, {} micro-batches of {}x{} per step",
+            cfg.run.name, cfg.source, device.str(), dtype_name(state.compute()), model.layer_types().size(),
+            cfg.model.layers_code(), double(model.num_parameters()) / 1e6, micro_batches, tc.micro_batch, tc.seq_len);
+
+  // ---- resume ----
+  CheckpointMeta meta;
+  meta.seed = cfg.run.seed;
+  meta.layers = cfg.model.layers_code();
+  meta.config_yaml = to_yaml(cfg);
+  const std::string ckpt_dir = run_dir + "/checkpoints";
+  std::optional<std::string> resume_from;
+  if (cfg.checkpoint.resume == "auto") resume_from = find_latest_checkpoint(ckpt_dir);
+  else if (cfg.checkpoint.resume != "none") resume_from = cfg.checkpoint.resume;
+  if (resume_from) {
+    CheckpointMeta saved = read_checkpoint_meta(*resume_from);
+    load_checkpoint(*resume_from, named_values(state.params()), optimizer_slots(state.optimizer()));
+    meta.step = saved.step;
+    meta.tokens_seen = saved.tokens_seen;
+    meta.data_position = saved.data_position;
+    log->info("resumed from {} at step {} ({} tokens seen)", *resume_from, saved.step, saved.tokens_seen);
+  }
+
+  std::signal(SIGTERM, on_stop_signal);
+  std::signal(SIGINT, on_stop_signal);
+  MetricsWriter metrics(run_dir + "/metrics.jsonl");
+
+  auto save = [&](double lr) {
+    meta.lr = lr;
+    std::string path = save_checkpoint(ckpt_dir, meta, named_values(state.params()), optimizer_slots(state.optimizer()),
+                                       cfg.checkpoint.keep);
+    log->info("checkpoint {}", path);
+  };
+
+  auto evaluate = [&](int64_t step) {
+    NoGradGuard no_grad;
+    double total = 0;
+    for (int64_t i = 0; i < tc.eval_steps; ++i) {
+      data::Batch b = val_data->get_eval_batch(i * tc.micro_batch, tc.micro_batch);
+      total += model.loss(b.inputs.to(device), b.targets.to(device), state.compute()).item();
+    }
+    double loss = total / double(tc.eval_steps);
+    double bpb = loss / std::log(2.0);  // byte-level tokens: one token is one byte
+    log->info("eval step {:6d} | val loss {:.4f} | {:.4f} bits per byte", step, loss, bpb);
+    char line[256];
+    std::snprintf(line, sizeof line, "{\"kind\": \"eval\", \"step\": %lld, \"loss\": %.9g, \"bpb\": %.9g}",
+                  (long long)step, loss, bpb);
+    metrics.write(line);
+    return bpb;
+  };
+
+  TrainResult result;
+  result.step = meta.step;
+  const int64_t first_step = meta.step;
+  auto t_start = std::chrono::steady_clock::now();
+  auto t_window = t_start;
+  int64_t steps_in_window = 0;
+  double lr = 0;
+  for (int64_t step = meta.step; step < tc.steps; ++step) {
+    auto stats = state.step(step, micro_batches, [&] {
+      data::Batch b = train_data.get_batch(meta.data_position, tc.micro_batch);
+      meta.data_position += tc.micro_batch;
+      return std::make_pair(b.inputs, b.targets);
+    });
+    lr = stats.lr;
+    meta.step = step + 1;
+    meta.tokens_seen += tc.batch_tokens;
+    result.step = meta.step;
+    result.last_loss = stats.loss;
+    ++steps_in_window;
+
+    char line[512];
+    const bool log_now = meta.step % std::max<int64_t>(cfg.logging.every, 1) == 0 || meta.step == tc.steps;
+    auto now = std::chrono::steady_clock::now();
+    double window_s = std::chrono::duration<double>(now - t_window).count();
+    double ms_per_step = 1e3 * window_s / double(steps_in_window);
+    double tokens_per_s = double(tc.batch_tokens) / (ms_per_step / 1e3);
+    std::snprintf(line, sizeof line,
+                  "{\"kind\": \"train\", \"step\": %lld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, "
+                  "\"tokens_per_s\": %.1f, \"ms_per_step\": %.3f, \"tokens_seen\": %lld}",
+                  (long long)meta.step, stats.loss, stats.lr, stats.grad_norm, tokens_per_s, ms_per_step,
+                  (long long)meta.tokens_seen);
+    metrics.write(line);
+    if (log_now) {
+      double mfu = device.is_cuda() ? 100.0 * flops_per_token * tokens_per_s / kPeakFlops : 0.0;
+      double elapsed = std::chrono::duration<double>(now - t_start).count();
+      double eta = elapsed / double(meta.step - first_step) * double(tc.steps - meta.step);
+      log->info("step {:6d}/{} | loss {:.4f} | lr {:.2e} | grad norm {:.3f} | {:.1f} ms/step | {:.0f} tok/s | "
+                "MFU {:.1f}% | mem {:.2f} GiB | ETA {}",
+                meta.step, tc.steps, stats.loss, stats.lr, stats.grad_norm, ms_per_step, tokens_per_s, mfu,
+                memory_in_use_gib(device), fmt_duration(eta));
+      t_window = now;
+      steps_in_window = 0;
+    }
+    if (val_data && (meta.step % tc.eval_every == 0 || meta.step == tc.steps)) result.last_val_bpb = evaluate(meta.step);
+    const bool stop = g_stop_signal != 0;
+    if (stop || meta.step == tc.steps || (cfg.checkpoint.every > 0 && meta.step % cfg.checkpoint.every == 0)) save(lr);
+    if (stop) {
+      log->info("stopped by signal {} after step {}; resume with the same command", int(g_stop_signal), meta.step);
+      result.interrupted = true;
+      break;
+    }
+  }
+  std::signal(SIGTERM, SIG_DFL);
+  std::signal(SIGINT, SIG_DFL);
+  return result;
+}
+
+}  // namespace seqtrain::train
