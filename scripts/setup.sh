@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Install seqtrain's dependencies (Debian/Ubuntu packages only), then configure and build in build/.
-# Idempotent: packages already present are not reinstalled; a configured build/ is reused.
+# Install seqtrain's dependencies (Debian/Ubuntu packages only), configure and build in build/, and
+# prepare the default corpus (the King James Bible from Debian's bible-kjv) as data/kjv/{train,val}.bin.
+# Idempotent: packages already present are not reinstalled; build/ and the shards are reused.
 # Usage: scripts/setup.sh [--no-build]   Environment: SEQTRAIN_BUILD_TYPE (default Release),
 #        SEQTRAIN_CUDA (ON/OFF, default: ON when nvcc is found), BUILD_DIR (default build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [[ "${1:-}" == "--help" || "${1:-}" == "-h" ]]; then
-  sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; exit 0
+  sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0
 fi
 
 packages=(build-essential cmake ninja-build pkg-config git
@@ -34,3 +35,4 @@ cuda_flag=()
 [[ -x /usr/local/cuda/bin/nvcc && -z "${CUDACXX:-}" ]] && export CUDACXX=/usr/local/cuda/bin/nvcc
 cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE="${SEQTRAIN_BUILD_TYPE:-Release}" "${cuda_flag[@]}" >/dev/null
 cmake --build "$build_dir" -j "$(nproc)"
+SEQTRAIN_BIN="$build_dir/seqtrain" scripts/prepare_kjv.sh

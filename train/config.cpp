@@ -18,6 +18,7 @@
 #include <map>
 #include <optional>
 #include <sstream>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 
@@ -417,10 +418,14 @@ void convert(const Tree& v, const std::string& key, NullableString out) {
     fail(v.origin, key, "expected a name or null, got " + describe(v));
   out.value = v.scalar;
 }
-void convert(const Tree& v, const std::string& key, std::array<double, 2>& out) {
+void convert(const Tree& v, const std::string& key, std::array<double, 2>& out, Context& ctx) {
   if (v.kind != Tree::Kind::Sequence || v.items.size() != 2)
     fail(v.origin, key, "expected a list of 2 numbers like [0.9, 0.95], got " + describe(v));
-  for (size_t i = 0; i < 2; ++i) convert(v.items[i], str_cat(key, "[", i, "]"), out[i]);
+  for (size_t i = 0; i < 2; ++i) {
+    std::string item_key = str_cat(key, "[", i, "]");
+    ctx.origins[item_key] = v.items[i].origin;
+    convert(v.items[i], item_key, out[i]);
+  }
 }
 void convert(const Tree& v, const std::string& key, std::vector<std::string>& out, Context& ctx) {
   if (v.kind != Tree::Kind::Sequence) fail(v.origin, key, "expected a list like [attn, mamba], got " + describe(v));

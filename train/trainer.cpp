@@ -138,14 +138,9 @@ TrainState::StepStats TrainState::finish_step(int64_t step_index, const Tensor& 
 }
 
 TrainResult train(const Config& cfg) {
+  // Everything that can reject the inputs (device, data files, model, the checkpoint to resume)
+  // runs before anything is written to the run folder, so a bad invocation changes nothing.
   const std::string run_dir = cfg.run.dir;
-  fs::create_directories(run_dir + "/logs");
-  fs::create_directories(run_dir + "/checkpoints");
-  {
-    std::ofstream resolved(run_dir + "/config.yaml");
-    resolved << to_yaml(cfg);
-  }
-  auto log = make_logger(run_dir);
   const Device device = resolve_device(cfg.run.device);
   const TrainingConfig& tc = cfg.training;
   const int64_t tokens_per_micro = tc.micro_batch * tc.seq_len;
@@ -158,11 +153,7 @@ TrainResult train(const Config& cfg) {
   TrainState state(cfg, device);
   LanguageModel& model = state.model();
   const double flops_per_token = model.flops_per_token(tc.seq_len);
-  log->info("run {}: {} on {} ({}), {} layers {}, {:.2f}M parameters, {} micro-batches of {}x{} per step",
-            cfg.run.name, cfg.source, device.str(), dtype_name(state.compute()), model.layer_types().size(),
-            cfg.model.layers_code(), double(model.num_parameters()) / 1e6, micro_batches, tc.micro_batch, tc.seq_len);
 
-  // ---- resume ----
   CheckpointMeta meta;
   meta.seed = cfg.run.seed;
   meta.layers = cfg.model.layers_code();
@@ -177,8 +168,19 @@ TrainResult train(const Config& cfg) {
     meta.step = saved.step;
     meta.tokens_seen = saved.tokens_seen;
     meta.data_position = saved.data_position;
-    log->info("resumed from {} at step {} ({} tokens seen)", *resume_from, saved.step, saved.tokens_seen);
   }
+
+  fs::create_directories(run_dir + "/logs");
+  fs::create_directories(ckpt_dir);
+  {
+    std::ofstream resolved(run_dir + "/config.yaml");
+    resolved << to_yaml(cfg);
+  }
+  auto log = make_logger(run_dir);
+  log->info("run {}: {} on {} ({}), {} layers {}, {:.2f}M parameters, {} micro-batches of {}x{} per step",
+            cfg.run.name, cfg.source, device.str(), dtype_name(state.compute()), model.layer_types().size(),
+            cfg.model.layers_code(), double(model.num_parameters()) / 1e6, micro_batches, tc.micro_batch, tc.seq_len);
+  if (resume_from) log->info("resumed from {} at step {} ({} tokens seen)", *resume_from, meta.step, meta.tokens_seen);
 
   std::signal(SIGTERM, on_stop_signal);
   std::signal(SIGINT, on_stop_signal);

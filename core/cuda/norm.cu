@@ -15,13 +15,15 @@
 namespace seqtrain::cuda {
 namespace {
 
-// Forward of one norm over x [rows, n]: one group of `group` threads per row (see plan_rows).
+// Chunks of a row each thread keeps in registers, double-buffered: while one row is reduced and
+// written, the loads of the group's next row are already in flight, so HBM sees a continuous
+// stream instead of load / reduce / store bursts. The backward holds x and dy, so fewer of each.
+constexpr int kForwardCache = 4, kBackwardCache = 2;
+
+// Forward of one norm over x [rows, n]: one group of `group` threads per row (see plan_rows); a
+// persistent grid whose block b handles rows b*rpb + g + k*gridDim.x*rpb (group g).
 // Reads x once and writes y once: 2 * rows * n * sizeof(T) bytes (+ w, b from L2, + stats);
 // ~8 FLOPs per element, far below the ~100 FLOP/byte H100 balance: memory bound.
-// Chunks of the row each thread keeps in registers (8 x 16 bytes in the forward; the backward
-// caches both x and dy, so 4 of each).
-constexpr int kForwardCache = 8, kBackwardCache = 4;
-
 template <class T, class W, int VEC, bool Center>
 __global__ void __launch_bounds__(kMaxGroup, 1)
     norm_forward_kernel(const T* __restrict__ x, const W* __restrict__ weight,
@@ -31,55 +33,66 @@ __global__ void __launch_bounds__(kMaxGroup, 1)
   using A = acc_t<T>;
   using C = Chunk<T, VEC>;
   __shared__ A scratch[kWarpSize];
-  const int lane = threadIdx.x & (group - 1);
-  const int64_t row = int64_t(blockIdx.x) * (blockDim.x / group) + threadIdx.x / group;
-  const bool valid = row < rows;
-  const int my_chunks = valid ? chunks : 0;  // rows past the end still join the reductions
-  const size_t row_off = size_t(valid ? row : 0) * size_t(n);
-  const T* xr = x + row_off;
+  const int rpb = blockDim.x / group, g = threadIdx.x / group, lane = threadIdx.x & (group - 1);
+  const int64_t stride = int64_t(gridDim.x) * rpb;
+  // Rows past the end load nothing (0 chunks) but still join the reductions.
+  auto row_chunks = [&](int64_t r) { return r < rows ? chunks : 0; };
+  auto row_offset = [&](int64_t r) { return size_t(r < rows ? r : 0) * size_t(n); };
 
-  C cache[kForwardCache];  // (kForwardCache, VEC): this thread's share of the row
-  cache_chunks<VEC>(xr, my_chunks, lane, group, cache);
+  C cache[kForwardCache], next[kForwardCache];  // (kForwardCache, VEC): this and the next row
+  const int64_t first = int64_t(blockIdx.x) * rpb + g;
+  cache_chunks<VEC>(x + row_offset(first), row_chunks(first), lane, group, cache);
 
-  A mean = 0;
-  if constexpr (Center) {
-    A s = 0;
+  // The loop bound is uniform over the block, so every thread reaches group_sum's barriers.
+  for (int64_t base = int64_t(blockIdx.x) * rpb; base < rows; base += stride) {
+    const int64_t row = base + g;
+    cache_chunks<VEC>(x + row_offset(row + stride), row_chunks(row + stride), lane, group, next);
+    const int my_chunks = row_chunks(row);
+    const size_t row_off = row_offset(row);
+    const T* xr = x + row_off;
+
+    A mean = 0;
+    if constexpr (Center) {
+      A s = 0;
+      for_chunks<VEC>(xr, my_chunks, lane, group, cache, [&](int, const C& c) {
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) s += elem(c, i);
+      });
+      mean = group_sum(s, group, scratch) / A(n);
+    }
+    // Second pass over the cached row: sum of squared deviations, not E[x^2] - mean^2, which
+    // cancels catastrophically when |mean| >> std.
+    A ss = 0;
     for_chunks<VEC>(xr, my_chunks, lane, group, cache, [&](int, const C& c) {
 #pragma unroll
-      for (int i = 0; i < VEC; ++i) s += elem(c, i);
+      for (int i = 0; i < VEC; ++i) {
+        const A d = elem(c, i) - mean;
+        ss += d * d;
+      }
     });
-    mean = group_sum(s, group, scratch) / A(n);
-  }
-  // Second pass over the cached row: sum of squared deviations, not E[x^2] - mean^2, which
-  // cancels catastrophically when |mean| >> std.
-  A ss = 0;
-  for_chunks<VEC>(xr, my_chunks, lane, group, cache, [&](int, const C& c) {
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) {
-      const A d = elem(c, i) - mean;
-      ss += d * d;
-    }
-  });
-  const A rstd = A(1) / sqrt(group_sum(ss, group, scratch) / A(n) + eps);
+    const A rstd = A(1) / sqrt(group_sum(ss, group, scratch) / A(n) + eps);
 
-  T* yr = y + row_off;
-  for_chunks<VEC>(xr, my_chunks, lane, group, cache, [&](int ci, const C& c) {
-    const size_t col = size_t(ci) * VEC;
-    const Chunk<W, VEC> wc = load_chunk<VEC>(weight + col);
-    Chunk<W, VEC> bc{};
-    if (Center && bias != nullptr) bc = load_chunk<VEC>(bias + col);
-    C out;
+    T* yr = y + row_off;
+    for_chunks<VEC>(xr, my_chunks, lane, group, cache, [&](int ci, const C& c) {
+      const size_t col = size_t(ci) * VEC;
+      const Chunk<W, VEC> wc = load_chunk<VEC>(weight + col);
+      Chunk<W, VEC> bc{};
+      if (Center && bias != nullptr) bc = load_chunk<VEC>(bias + col);
+      C out;
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) {
-      A v = (elem(c, i) - mean) * rstd * to_acc(wc.v[i]);
-      if (Center && bias != nullptr) v += to_acc(bc.v[i]);
-      out.v[i] = to_storage<T>(v);
+      for (int i = 0; i < VEC; ++i) {
+        A v = (elem(c, i) - mean) * rstd * to_acc(wc.v[i]);
+        if (Center && bias != nullptr) v += to_acc(bc.v[i]);
+        out.v[i] = to_storage<T>(v);
+      }
+      store_chunk<VEC>(yr + col, out);
+    });
+    if (my_chunks > 0 && lane == 0) {
+      if constexpr (Center) mean_out[row] = mean;
+      rstd_out[row] = rstd;
     }
-    store_chunk<VEC>(yr + col, out);
-  });
-  if (valid && lane == 0) {
-    if constexpr (Center) mean_out[row] = mean;
-    rstd_out[row] = rstd;
+#pragma unroll
+    for (int i = 0; i < kForwardCache; ++i) cache[i] = next[i];
   }
 }
 
@@ -116,17 +129,25 @@ __global__ void __launch_bounds__(kMaxGroup, 1)
     }
   }
 
+  const int64_t stride = int64_t(gridDim.x) * rpb;
+  auto row_chunks = [&](int64_t r) { return r < rows ? chunks : 0; };
+  auto row_offset = [&](int64_t r) { return size_t(r < rows ? r : 0) * size_t(n); };
+  C xc[kBackwardCache], dyc[kBackwardCache];      // (kBackwardCache, VEC): this row
+  C x_next[kBackwardCache], dy_next[kBackwardCache];  // and the group's next one
+  const int64_t first = int64_t(blockIdx.x) * rpb + g;
+  cache_chunks<VEC>(x + row_offset(first), row_chunks(first), lane, group, xc);
+  cache_chunks<VEC>(dy + row_offset(first), row_chunks(first), lane, group, dyc);
+
   // The loop bound is uniform over the block, so every thread reaches group_sum's barriers.
-  for (int64_t base = int64_t(blockIdx.x) * rpb; base < rows; base += int64_t(gridDim.x) * rpb) {
+  for (int64_t base = int64_t(blockIdx.x) * rpb; base < rows; base += stride) {
     const int64_t row = base + g;
+    cache_chunks<VEC>(x + row_offset(row + stride), row_chunks(row + stride), lane, group, x_next);
+    cache_chunks<VEC>(dy + row_offset(row + stride), row_chunks(row + stride), lane, group, dy_next);
     const bool valid = row < rows;
-    const int my_chunks = valid ? chunks : 0;
-    const size_t row_off = size_t(valid ? row : 0) * size_t(n);
+    const int my_chunks = row_chunks(row);
+    const size_t row_off = row_offset(row);
     const T* xr = x + row_off;
     const T* dyr = dy + row_off;
-    C xc[kBackwardCache], dyc[kBackwardCache];  // (kBackwardCache, VEC) each
-    cache_chunks<VEC>(xr, my_chunks, lane, group, xc);
-    cache_chunks<VEC>(dyr, my_chunks, lane, group, dyc);
     const A mu = Center && valid ? mean[row] : A(0);
     const A rs = valid ? rstd[row] : A(0);
 
@@ -156,6 +177,11 @@ __global__ void __launch_bounds__(kMaxGroup, 1)
       }
       store_chunk<VEC>(dxr + size_t(ci) * VEC, out);
     });
+#pragma unroll
+    for (int i = 0; i < kBackwardCache; ++i) {
+      xc[i] = x_next[i];
+      dyc[i] = dy_next[i];
+    }
   }
 
   if (!shared_acc) return;
@@ -171,9 +197,21 @@ __global__ void __launch_bounds__(kMaxGroup, 1)
   }
 }
 
-// Largest shared accumulator a backward block uses before falling back to global partials:
-// leaves room for two blocks per SM.
-constexpr size_t kMaxSharedAcc = 100 * 1024;
+// Largest shared accumulator a backward block uses before falling back to global partials (whose
+// read-modify-writes then compete with the rows for L2 and HBM): most of the 227 KiB an H100
+// block may opt into.
+constexpr size_t kMaxSharedAcc = 200 * 1024;
+
+// Persistent grid: as many blocks as fit on the device at once (each loops over its rows), or
+// fewer when there are not that many rows.
+template <class Kernel>
+unsigned resident_grid(Kernel kernel, const RowPlan& p, int64_t rows, size_t smem, int device) {
+  int blocks_per_sm = 0;
+  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, p.block, smem));
+  const int64_t needed = (rows + p.rows_per_block - 1) / p.rows_per_block;
+  const int64_t resident = int64_t(sm_count(device)) * (blocks_per_sm > 0 ? blocks_per_sm : 1);
+  return unsigned(needed < resident ? needed : resident);
+}
 
 template <bool Center>
 void norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, Tensor& y,
@@ -195,7 +233,7 @@ void norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
                        aligned16(weight.data_ptr()) && (b == nullptr || aligned16(b));
       auto launch = [&](auto kernel, int vec_width) {
         const RowPlan p = plan_rows(n, vec_width, kForwardCache, 256);
-        const unsigned grid = unsigned((rows + p.rows_per_block - 1) / p.rows_per_block);
+        const unsigned grid = resident_grid(kernel, p, rows, 0, x.device().index);
         kernel<<<grid, p.block, 0, stream>>>(x.data<T>(), weight.data<W>(), b, y.data<T>(),
                                              mean ? mean->data<A>() : nullptr, rstd.data<A>(), rows,
                                              int(n), p.chunks, p.group, A(eps));
@@ -240,11 +278,7 @@ void norm_backward(const Tensor& x, const Tensor& weight, const Tensor* mean, co
         const bool shared_acc = acc_bytes <= kMaxSharedAcc;
         const size_t smem = shared_acc ? acc_bytes : 0;
         CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-        int blocks_per_sm = 0;
-        CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, p.block, smem));
-        const int64_t needed = (rows + p.rows_per_block - 1) / p.rows_per_block;
-        const int64_t resident = int64_t(sm_count(x.device().index)) * (blocks_per_sm > 0 ? blocks_per_sm : 1);
-        const unsigned grid = unsigned(needed < resident ? needed : resident);
+        const unsigned grid = resident_grid(kernel, p, rows, smem, x.device().index);
         const int64_t nparts = shared_acc ? grid : int64_t(grid) * p.rows_per_block;
         Tensor partials = Tensor::empty({nparts, width}, stats_dtype<T>(), x.device());  // (P, width)
         kernel<<<grid, p.block, smem, stream>>>(x.data<T>(), weight.data<W>(),

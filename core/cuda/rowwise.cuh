@@ -135,21 +135,22 @@ inline RowPlan plan_rows(int64_t n, int vec, int cache, int min_block) {
   return p;
 }
 
-// Calls f(chunk_index, chunk) for every chunk of the row owned by this thread: cached chunks from
-// `cache`, the rest loaded from `row`.
+// Calls f(chunk_index, slot, chunk) for every chunk of the row owned by this thread: cached chunks
+// (slot i < CACHE, a compile-time constant after unrolling, so per-slot register arrays of the
+// caller stay in registers) from `cache`, the rest (slot == CACHE) loaded from `row`.
 template <int VEC, int CACHE, class T, class F>
 __device__ __forceinline__ void for_chunks(const T* row, int chunks, int lane, int group,
                                            const Chunk<T, VEC> (&cache)[CACHE], F&& f) {
 #pragma unroll
   for (int i = 0; i < CACHE; ++i) {
     const int c = lane + i * group;
-    if (c < chunks) f(c, cache[i]);
+    if (c < chunks) f(c, i, cache[i]);
   }
   for (int c = lane + CACHE * group; c < chunks; c += group)
-    f(c, load_chunk<VEC>(row + size_t(c) * VEC));
+    f(c, CACHE, load_chunk<VEC>(row + size_t(c) * VEC));
 }
 
-// As for_chunks, over two rows of the same length: f(chunk_index, chunk_a, chunk_b).
+// As for_chunks, over two rows of the same length: f(chunk_index, slot, chunk_a, chunk_b).
 template <int VEC, int CACHE, class T, class U, class F>
 __device__ __forceinline__ void for_chunks2(const T* row_a, const Chunk<T, VEC> (&cache_a)[CACHE],
                                             const U* row_b, const Chunk<U, VEC> (&cache_b)[CACHE],
@@ -157,10 +158,10 @@ __device__ __forceinline__ void for_chunks2(const T* row_a, const Chunk<T, VEC> 
 #pragma unroll
   for (int i = 0; i < CACHE; ++i) {
     const int c = lane + i * group;
-    if (c < chunks) f(c, cache_a[i], cache_b[i]);
+    if (c < chunks) f(c, i, cache_a[i], cache_b[i]);
   }
   for (int c = lane + CACHE * group; c < chunks; c += group)
-    f(c, load_chunk<VEC>(row_a + size_t(c) * VEC), load_chunk<VEC>(row_b + size_t(c) * VEC));
+    f(c, CACHE, load_chunk<VEC>(row_a + size_t(c) * VEC), load_chunk<VEC>(row_b + size_t(c) * VEC));
 }
 
 template <int VEC, int CACHE, class T>

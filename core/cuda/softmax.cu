@@ -37,14 +37,14 @@ __global__ void __launch_bounds__(kMaxGroup, 1)
   cache_chunks<VEC>(xr, my_chunks, lane, group, cache);
 
   A m = -INFINITY;
-  for_chunks<VEC>(xr, my_chunks, lane, group, cache, [&](int, const C& c) {
+  for_chunks<VEC>(xr, my_chunks, lane, group, cache, [&](int, int, const C& c) {
 #pragma unroll
     for (int i = 0; i < VEC; ++i) m = fmax(m, elem(c, i));
   });
   m = group_max(m, group, scratch);
   const A m_log2e = scaled_log2e(m);
   A s = 0;
-  for_chunks<VEC>(xr, my_chunks, lane, group, cache, [&](int, const C& c) {
+  for_chunks<VEC>(xr, my_chunks, lane, group, cache, [&](int, int, const C& c) {
 #pragma unroll
     for (int i = 0; i < VEC; ++i) s += exp_shifted(elem(c, i), m_log2e);
   });
@@ -52,7 +52,7 @@ __global__ void __launch_bounds__(kMaxGroup, 1)
   const A log_s = log(s), inv_s = A(1) / s;
 
   T* yr = y + row_off;
-  for_chunks<VEC>(xr, my_chunks, lane, group, cache, [&](int ci, const C& c) {
+  for_chunks<VEC>(xr, my_chunks, lane, group, cache, [&](int ci, int, const C& c) {
     C out;
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
@@ -85,14 +85,14 @@ __global__ void __launch_bounds__(kMaxGroup, 1)
   cache_chunks<VEC>(dyr, my_chunks, lane, group, dyc);
 
   A s = 0;  // sum(dy) for log-softmax, sum(dy * y) for softmax
-  for_chunks2<VEC>(yr, yc, dyr, dyc, my_chunks, lane, group, [&](int, const C& yv, const C& dyv) {
+  for_chunks2<VEC>(yr, yc, dyr, dyc, my_chunks, lane, group, [&](int, int, const C& yv, const C& dyv) {
 #pragma unroll
     for (int i = 0; i < VEC; ++i) s += Log ? elem(dyv, i) : elem(dyv, i) * elem(yv, i);
   });
   s = group_sum(s, group, scratch);
 
   T* dxr = dx + row_off;
-  for_chunks2<VEC>(yr, yc, dyr, dyc, my_chunks, lane, group, [&](int ci, const C& yv, const C& dyv) {
+  for_chunks2<VEC>(yr, yc, dyr, dyc, my_chunks, lane, group, [&](int ci, int, const C& yv, const C& dyv) {
     C out;
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {

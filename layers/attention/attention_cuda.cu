@@ -270,7 +270,6 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 // groups; without the swizzle all 8 would hit the same 4 banks (rows are 128 or 256 bytes).
 template <int D>
 struct Tile {
-  static constexpr int kChunks = D / 8;
   __device__ static __forceinline__ uint32_t offset(int row, int chunk) {
     return uint32_t(row * D * 2 + ((chunk ^ (row & 7)) << 4));
   }
@@ -450,6 +449,7 @@ __global__ void __launch_bounds__(WARPS * kWarpSize)
     gemm_cn<D, BN / 8>(acc, s, sV);  // O += P V
     __syncthreads();  // all warps are done with this buffer before it is refilled
   }
+  cp_async_wait<0>();  // nothing may stay in flight at exit (the loop may not have run)
 
   bf16* O = static_cast<bf16*>(p.o);
 #pragma unroll
@@ -559,6 +559,7 @@ __global__ void __launch_bounds__(WARPS * kWarpSize)
     gemm_cn<D, BQ / 8>(dk, dpt, sQ);  // dK += dS^T Q
     __syncthreads();
   }
+  cp_async_wait<0>();
 
   bf16* dK = static_cast<bf16*>(p.dk);
   bf16* dV = static_cast<bf16*>(p.dv);
@@ -648,6 +649,7 @@ __global__ void __launch_bounds__(WARPS * kWarpSize)
     gemm_cn<D, BN / 8>(dq, s, sK);  // dQ += dS K
     __syncthreads();
   }
+  cp_async_wait<0>();
 
   bf16* dQ = static_cast<bf16*>(p.dq);
 #pragma unroll

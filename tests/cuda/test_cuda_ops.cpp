@@ -65,7 +65,7 @@ Tensor rnd(const Shape& s, DType dt, double lo = -1.0, double hi = 1.0) {
 // Integers in [lo, hi) as dtype dt (i32/i64 ids and targets, or cast sources).
 std::vector<int64_t> random_ints(int64_t n, int64_t lo, int64_t hi) {
   std::vector<double> u = rnd({n}, DType::F64, 0.0, 1.0).to_vector();
-  std::vector<int64_t> v(size_t(n));
+  std::vector<int64_t> v(static_cast<size_t>(n));
   for (size_t i = 0; i < v.size(); ++i) v[i] = std::min(hi - 1, lo + int64_t(u[i] * double(hi - lo)));
   return v;
 }

@@ -72,7 +72,7 @@ TEST(Config, DefaultsMatchTheIssueExample) {
 }
 
 TEST(Config, PresetExpandsAndExplicitKeysOverrideKeyByKey) {
-  Config c = parse_config("model:\n  preset: gpt2-124m\n  n_layers: 2\n  attn: {n_heads: 6}\n", "run.yaml");
+  Config c = parse_config("model:\n  preset: gpt2-124m\n  n_layers: 2\n  attn: {n_heads: 6, n_kv_heads: 0}\n", "run.yaml");
   EXPECT_EQ(c.model.preset, "gpt2-124m");
   EXPECT_EQ(c.model.d_model, 768);
   EXPECT_EQ(c.model.n_layers, 2);
@@ -94,7 +94,7 @@ TEST(Config, PresetBesideTheRunFolderIsFoundFirst) {
   TempDir dir;
   std::string preset = dir.write("models/tiny.yaml",
                                  "model:\n  d_model: 64\n  n_layers: 3\n  layers: [attn, attn, attn]\n"
-                                 "  mlp: {type: gelu, hidden: 100}\n  attn: {n_heads: 2}\n");
+                                 "  mlp: {type: gelu, hidden: 100}\n  attn: {n_heads: 2, n_kv_heads: 0}\n");
   std::string run = dir.write("runs/r.yaml", "model:\n  preset: tiny\n  pattern: [attn]\n  mlp: {mult: 2}\n");
   Config c = load_config(run);
   EXPECT_EQ(c.model.d_model, 64);
@@ -125,7 +125,7 @@ TEST(Config, SetOverridesScalarsListsAndNestedKeys) {
   EXPECT_EQ(c.optimizer.betas[1], 0.99);
   EXPECT_EQ(c.model.layers.size(), 4u);
   // The later of two overrides of one key wins.
-  EXPECT_EQ(parse_config("", "x.yaml", {"training.steps=10", "training.steps=20"}).training.steps, 20);
+  EXPECT_EQ(parse_config("", "x.yaml", {"training.steps=300", "training.steps=400"}).training.steps, 400);
 }
 
 TEST(Config, UnknownKeysNameFileLineAndSuggest) {
