@@ -634,16 +634,16 @@ TEST_P(CudaOpsByDtype, EmbeddingForwardBackward) {
   // The largest vocabulary only with narrow rows: a [50304, 768] f64 reference table is ~300 MB.
   for (VocabDim vd : {VocabDim{7, 1}, VocabDim{7, 33}, VocabDim{7, 768}, VocabDim{1000, 1}, VocabDim{1000, 33},
                       VocabDim{1000, 768}, VocabDim{50304, 1}, VocabDim{50304, 33}})
-      for (DType id_dtype : {DType::I32, DType::I64}) {
-        const int64_t vocab = vd.vocab, d = vd.d;
-        const std::string what = "embedding V=" + std::to_string(vocab) + " D=" + std::to_string(d) + " ids " +
-                                 dtype_name(id_dtype) + " " + dtype_name(dt);
-        const Shape ids_shape{4, 257};
-        compare_backends(what, {repeated_ids(ids_shape, vocab, id_dtype), rnd({vocab, d}, dt), rnd({4, 257, d}, dt)},
-                         [&](const Tensors& in) {
-                           return Tensors{ops::embedding(in[0], in[1]), ops::embedding_backward(in[0], in[2], vocab)};
-                         });
-      }
+    for (DType id_dtype : {DType::I32, DType::I64}) {
+      const int64_t vocab = vd.vocab, d = vd.d;
+      const std::string what = "embedding V=" + std::to_string(vocab) + " D=" + std::to_string(d) + " ids " +
+                               dtype_name(id_dtype) + " " + dtype_name(dt);
+      const Shape ids_shape{4, 257};
+      compare_backends(what, {repeated_ids(ids_shape, vocab, id_dtype), rnd({vocab, d}, dt), rnd({4, 257, d}, dt)},
+                       [&](const Tensors& in) {
+                         return Tensors{ops::embedding(in[0], in[1]), ops::embedding_backward(in[0], in[2], vocab)};
+                       });
+    }
 }
 
 TEST_P(CudaOpsByDtype, EmbeddingBackwardIsDeterministic) {

@@ -71,17 +71,20 @@ TEST(OpErrors, IntegerTensorInAFloatingOp) {
 
 // ---------------------------------------------------------------------------- devices
 
-TEST(OpErrors, WrongDevice) {
-  if (!cuda_available()) {
-    // On a CPU-only machine the device is refused at allocation, with a message naming it.
-    EXPECT_ERROR_MENTIONS(Tensor::empty({3}, DType::F32, Device::cuda(0)), "cuda");
-    GTEST_SKIP() << "no CUDA device: the cpu + cuda mismatch needs a GPU";
-  }
+TEST(OpErrors, CpuPlusCudaOperands) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device: a cpu + cuda mismatch needs a GPU";
   Tensor gpu = f32({3}).to(Device::cuda(0));
   EXPECT_ERROR_MENTIONS(ops::add(f32({3}), gpu), "add", "device mismatch", "f32[3] cpu", "f32[3] cuda:0",
                         "expected the same device");
   EXPECT_ERROR_MENTIONS(ops::embedding(Tensor::from_ints({1, 2}, {2}, DType::I64), gpu.view({3, 1})), "embedding",
                         "device mismatch", "i64[2] cpu", "cuda:0");
+}
+
+TEST(OpErrors, AllocationOnAMissingCudaDevice) {
+  // cuda:0 on a CPU-only machine (or build); one past the last device where there are GPUs.
+  const Device missing = Device::cuda(cuda_device_count());
+  const std::string name = missing.str();  // "cuda:N"
+  EXPECT_ERROR_MENTIONS(Tensor::empty({3}, DType::F32, missing), "cuda", name.c_str());
 }
 
 // ---------------------------------------------------------------------------- views
