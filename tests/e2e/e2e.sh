@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end tests through the real binary on the KJV shards (prepared by scripts/setup.sh) with
 # configs/runs/smoke.yaml. Usage: tests/e2e/e2e.sh CASE SEQTRAIN_BINARY SOURCE_DIR
-# Each case prints what it checks and exits non-zero on the first failure.
+# Each case prints what it checks and exits non-zero on the first failure. E2E_DEVICE=cuda runs
+# the training on the GPU (default cpu).
 set -uo pipefail
 case_name=$1 bin=$2 src=$3
 smoke="$src/configs/runs/smoke.yaml"
@@ -12,7 +13,7 @@ cd "$tmp"
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
 [[ -s "$train_bin" && -s "$val_bin" ]] || fail "KJV shards missing in $src/data/kjv: run scripts/setup.sh"
-common=(--set "data.train=$train_bin" --set "data.val=$val_bin" --set run.device=cpu)
+common=(--set "data.train=$train_bin" --set "data.val=$val_bin" --set "run.device=${E2E_DEVICE:-cpu}")
 
 # Loss of each train step in a metrics file as "step loss" lines (last occurrence wins).
 losses() { python3 -c '
