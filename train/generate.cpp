@@ -38,21 +38,35 @@ std::string generate(LanguageModel& model, DType compute, Device device, const s
   data::ByteTokenizer tok;
   std::vector<int32_t> ids = tok.encode(prompt.empty() ? std::string("\n") : prompt);
   const int64_t vocab = model.config().vocab_size;
-  const int64_t max_len = int64_t(ids.size()) + options.tokens;
-  ST_CHECK(model.config().attn.pos != "learned" || max_len <= model.config().max_seq_len, "generate: prompt + ",
-           options.tokens, " tokens = ", max_len, " exceeds the model's max_seq_len ", model.config().max_seq_len);
-  auto states = model.make_states(1, max_len, compute, device);
-  std::vector<int64_t> prompt_ids(ids.begin(), ids.end());
-  Tensor logits = model.step(states, Tensor::from_ints(prompt_ids, {1, int64_t(ids.size())}, DType::I32, device), 0, compute);
-  int64_t position = int64_t(ids.size());
+  std::vector<int64_t> history(ids.begin(), ids.end());
+  const int64_t context = options.context > 0 ? options.context : int64_t(history.size()) + options.tokens;
+  ST_CHECK(model.config().attn.pos != "learned" || context <= model.config().max_seq_len, "generate: a context of ",
+           context, " tokens exceeds the model's max_seq_len ", model.config().max_seq_len, "; pass a shorter context");
+  if (int64_t(history.size()) > context) history.erase(history.begin(), history.end() - context / 2);
+  std::vector<std::unique_ptr<MixerState>> states;
+  int64_t position = 0;
+  Tensor logits;
+  // Feeds `history` into fresh states (the prompt, or the recent half after the context filled).
+  auto restart = [&] {
+    states = model.make_states(1, context, compute, device);
+    logits = model.step(states, Tensor::from_ints(history, {1, int64_t(history.size())}, DType::I32, device), 0, compute);
+    position = int64_t(history.size());
+  };
+  restart();
   std::string out;
   for (int64_t i = 0; i < options.tokens; ++i) {
     int64_t next = sample(logits.to_vector(), vocab, options, uint64_t(i));
     std::string piece = tok.decode({int32_t(next)});
     out += piece;
     if (on_token) on_token(piece);
+    history.push_back(next);
     if (i + 1 == options.tokens) break;
-    logits = model.step(states, Tensor::from_ints({next}, {1, 1}, DType::I32, device), position++, compute);
+    if (position == context) {
+      history.erase(history.begin(), history.end() - context / 2);
+      restart();
+    } else {
+      logits = model.step(states, Tensor::from_ints({next}, {1, 1}, DType::I32, device), position++, compute);
+    }
   }
   return out;
 }

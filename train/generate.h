@@ -1,5 +1,6 @@
 // Text generation from a checkpoint with the model's recurrent step (a KV cache for attention):
 // the prompt is fed once, then one token at a time, sampled with temperature and top-k.
+// Output is byte-level text.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -14,6 +15,10 @@ struct SampleOptions {
   double temperature = 0.8;  // 0 = greedy
   int64_t top_k = 40;        // 0 = the whole vocabulary
   uint64_t seed = 1;
+  // Longest context the model saw in training (0 = unlimited). When the sequence reaches it, the
+  // state is rebuilt from the last context/2 tokens: positions past the training length (RoPE,
+  // learned tables) are where a model's predictions fall apart.
+  int64_t context = 0;
 };
 
 // Continues `prompt` (byte-level) by options.tokens tokens; `on_token` (may be empty) receives

@@ -19,3 +19,9 @@ YAML
 [[ -x build/seqtrain_attention_bench ]] && ./build/seqtrain_attention_bench 2>&1 | tee "$out/attention_bench.txt"
 python3 scripts/bench/torch_attention.py 2>&1 | tee "$out/torch_attention.txt"
 [[ -f .device/torch_gpt2.py ]] && python3 .device/torch_gpt2.py 2>&1 | tee "$out/torch_gpt2.txt"
+# Loss curves: seqtrain vs PyTorch, GPT-2 124M, same data, init scheme and hyper-parameters.
+rm -rf runs/gpt2-curve
+./build/seqtrain train configs/runs/gpt2-curve.yaml > "$out/gpt2_curve_seqtrain.log" 2>&1 || tail -5 "$out/gpt2_curve_seqtrain.log"
+cp runs/gpt2-curve/metrics.jsonl "$out/gpt2_curve_seqtrain.jsonl"
+python3 scripts/bench/torch_gpt2_curve.py data/kjv/train.bin "$out/gpt2_curve_torch.json" > "$out/gpt2_curve_torch.log" 2>&1 || tail -5 "$out/gpt2_curve_torch.log"
+python3 scripts/bench/plot_curves.py "$out/gpt2_curve_seqtrain.jsonl" "$out/gpt2_curve_torch.json" "$out/gpt2_curves.png"

@@ -66,6 +66,7 @@ resume_exact)
     sleep 0.05
   done
   kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
+  killed_latest=$(cat killed/checkpoints/latest 2>/dev/null)
   grep -qs "step-000000" killed/checkpoints/latest || fail "no checkpoint was written before the kill"
   killed_at=$(grep -c '"kind": "train"' killed/metrics.jsonl)
   [[ $killed_at -lt 20 ]] || fail "the run finished before it could be killed; nothing was tested"
@@ -80,7 +81,7 @@ for l in open("killed/metrics.jsonl"):
     r = json.loads(l)
     if r["kind"] == "train" and r["loss"] != a[r["step"]]: raise SystemExit("step %d: %r vs %r" % (r["step"], r["loss"], a[r["step"]]))' \
     || fail "a step before or after the kill differs"
-  echo "ok  killed after $killed_at steps, resumed from $(cat killed/checkpoints/latest); all 20 losses bitwise equal"
+  echo "ok  killed (SIGKILL) after $killed_at steps with latest=$killed_latest, resumed; all 20 losses bitwise equal"
   ;;
 interrupted_checkpoint)
   "$bin" train "$smoke" "${common[@]}" --set run.dir=run --set training.steps=10 --set checkpoint.every=5 >a.txt 2>&1 || fail "first run"

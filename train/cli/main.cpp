@@ -138,6 +138,7 @@ int cmd_generate(int argc, char** argv) {
   o.temperature = a.number("temperature", 0.8);
   o.top_k = int64_t(a.number("top-k", 40));
   o.seed = uint64_t(a.number("seed", 1));
+  o.context = cfg.training.seq_len;
   std::string prompt = a.get("prompt", "");
   std::cout << prompt << std::flush;
   train::generate(model, train::compute_dtype(cfg, device), device, prompt, o,
