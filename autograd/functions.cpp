@@ -358,9 +358,12 @@ std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, in
   std::vector<Tensor> parts;
   int64_t at = 0;
   for (int64_t s : sizes) {
-    parts.push_back(slice(x, d, at, at + s));
+    parts.push_back(x.slice(d, at, at + s));
     at += s;
   }
+  // One node for all parts: the backward writes the input gradient once (a concat), instead of
+  // one zero-filled input-sized tensor per part summed afterwards.
+  record("split", {x}, parts, [d](const std::vector<Tensor>& g) { return std::vector<Tensor>{ops::concat(g, d)}; });
   return parts;
 }
 

@@ -28,8 +28,8 @@ AttentionMixer::Heads AttentionMixer::project(const Tensor& x, int64_t position)
   const int64_t B = x.size(0), T = x.size(1);
   Tensor qkv = reshape(c_attn_->forward(x), {B, T, n_heads_ + 2 * n_kv_heads_, head_dim_});
   // Views into the fused projection (unit stride in d): no copies unless RoPE rewrites q and k.
-  Heads h{slice(qkv, 2, 0, n_heads_), slice(qkv, 2, n_heads_, n_heads_ + n_kv_heads_),
-          slice(qkv, 2, n_heads_ + n_kv_heads_, n_heads_ + 2 * n_kv_heads_)};
+  std::vector<Tensor> parts = split(qkv, {n_heads_, n_kv_heads_, n_kv_heads_}, 2);
+  Heads h{parts[0], parts[1], parts[2]};
   if (rope_) {
     h.q = apply_rope(h.q, position, rope_theta_);
     h.k = apply_rope(h.k, position, rope_theta_);

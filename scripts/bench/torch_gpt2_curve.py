@@ -42,7 +42,7 @@ class GPT(nn.Module):
     def forward(s, idx, tgt):
         x = s.wte(idx) + s.wpe(torch.arange(idx.shape[1], device=idx.device))
         for blk in s.blocks: x = blk(x)
-        return F.cross_entropy((s.lnf(x) @ s.wte.weight.t()).float().view(-1, V), tgt.view(-1))
+        return F.cross_entropy((s.lnf(x) @ s.wte.weight.t()).float().reshape(-1, V), tgt.reshape(-1))
 
 torch.manual_seed(1234)
 m = GPT().cuda()
