@@ -172,8 +172,11 @@ TEST(AttentionCpuEdge, RowsWithoutVisibleKeys) {
     for (int64_t i = 0; i < T; ++i) {
       const bool empty = i < T - S;
       EXPECT_EQ(std::isinf(lse[h * T + i]) && lse[h * T + i] < 0, empty) << "h " << h << " i " << i;
-      for (int64_t e = 0; e < d; ++e)
-        if (empty) EXPECT_EQ(o[(i * H + h) * d + e], 0.0);
+      for (int64_t e = 0; e < d; ++e) {
+        if (empty) {
+          EXPECT_EQ(o[(i * H + h) * d + e], 0.0);
+        }
+      }
     }
   AttentionGrads g = attention_backward(q, k, v, out.o, out.lse, random_tensor({B, T, H, d}), {});
   std::vector<double> dq = g.dq.to_vector();
