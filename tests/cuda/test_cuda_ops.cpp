@@ -23,6 +23,9 @@
 #include "test_util.h"
 
 namespace seqtrain {
+// gtest prints parameters through PrintTo found by argument-dependent lookup.
+void PrintTo(DType t, std::ostream* os) { *os << dtype_name(t); }
+
 namespace {
 
 using testing::max_abs_diff;

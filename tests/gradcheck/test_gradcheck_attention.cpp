@@ -47,6 +47,8 @@ Inputs make_inputs(const Case& c) {
           random_tensor({c.B, c.S, c.Hkv, c.d}).set_requires_grad(true)};
 }
 
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
+
 class GradcheckAttention : public ::testing::TestWithParam<Case> {};
 
 TEST_P(GradcheckAttention, MatchesFiniteDifferences) {

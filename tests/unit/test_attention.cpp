@@ -106,6 +106,8 @@ Naive naive_attention(const Case& c, const Tensor& q, const Tensor& k, const Ten
   return {o, lse};
 }
 
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
+
 class AttentionCpu : public ::testing::TestWithParam<Case> {};
 
 TEST_P(AttentionCpu, ForwardMatchesNaiveComposition) {
