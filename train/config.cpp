@@ -263,6 +263,28 @@ void fields(V& v, AttnConfig& c) {
   v("rope_theta", c.rope_theta);
 }
 template <typename V>
+void fields(V& v, MambaConfig& c) {
+  v("d_state", c.d_state);
+  v("d_conv", c.d_conv);
+  v("expand", c.expand);
+  v("dt_rank", c.dt_rank);
+  v("dt_min", c.dt_min);
+  v("dt_max", c.dt_max);
+  v("dt_init_floor", c.dt_init_floor);
+  v("conv_bias", c.conv_bias);
+}
+template <typename V>
+void fields(V& v, HedgehogConfig& c) {
+  v("n_heads", c.n_heads);
+  v("feature_dim", c.feature_dim);
+  v("chunk", c.chunk);
+  v("window", c.window);
+}
+template <typename V>
+void fields(V& v, AarenConfig& c) {
+  v("n_heads", c.n_heads);
+}
+template <typename V>
 void fields(V& v, ModelConfig& c) {
   v("preset", NullableString{c.preset});
   v("vocab_size", c.vocab_size);
@@ -276,6 +298,9 @@ void fields(V& v, ModelConfig& c) {
   v("norm_eps", c.norm_eps);
   v("mlp", c.mlp);
   v("attn", c.attn);
+  v("mamba", c.mamba);
+  v("hedgehog", c.hedgehog);
+  v("aaren", c.aaren);
   v("tie_embeddings", c.tie_embeddings);
   v("bias", c.bias);
   v("init_std", c.init_std);
@@ -648,6 +673,25 @@ void validate(const Config& c, const Context& ctx) {
                         " (the learned position table); expected at most that"));
   }
   check.non_negative("model.attn.window", m.attn.window);
+  check.positive("model.mamba.d_state", m.mamba.d_state);
+  check.positive("model.mamba.d_conv", m.mamba.d_conv);
+  check.positive("model.mamba.expand", m.mamba.expand);
+  check.non_negative("model.mamba.dt_rank", m.mamba.dt_rank);
+  check.positive("model.mamba.dt_min", m.mamba.dt_min);
+  check.check(m.mamba.dt_max >= m.mamba.dt_min, "model.mamba.dt_max",
+              str_cat(m.mamba.dt_max, " is below model.mamba.dt_min = ", m.mamba.dt_min, "; expected dt_min <= dt_max"));
+  check.positive("model.hedgehog.n_heads", m.hedgehog.n_heads);
+  // Divisibility matters only for the mixers the model uses.
+  std::vector<std::string> used = m.resolved_layers();
+  auto uses = [&](const char* type) { return std::find(used.begin(), used.end(), type) != used.end(); };
+  check.check(!uses("hedgehog") || m.d_model % m.hedgehog.n_heads == 0, "model.hedgehog.n_heads",
+              str_cat(m.hedgehog.n_heads, " does not divide model.d_model = ", m.d_model, "; expected a divisor of it"));
+  check.positive("model.hedgehog.feature_dim", m.hedgehog.feature_dim);
+  check.positive("model.hedgehog.chunk", m.hedgehog.chunk);
+  check.non_negative("model.hedgehog.window", m.hedgehog.window);
+  check.positive("model.aaren.n_heads", m.aaren.n_heads);
+  check.check(!uses("aaren") || m.d_model % m.aaren.n_heads == 0, "model.aaren.n_heads",
+              str_cat(m.aaren.n_heads, " does not divide model.d_model = ", m.d_model, "; expected a divisor of it"));
   check.positive("model.attn.rope_theta", m.attn.rope_theta);
 
   check.check(!c.data.train.empty(), "data.train", "is empty; expected a token file");
@@ -852,11 +896,21 @@ bool operator==(const AttnConfig& a, const AttnConfig& b) {
   return std::tie(a.n_heads, a.n_kv_heads, a.pos, a.window, a.rope_theta) ==
          std::tie(b.n_heads, b.n_kv_heads, b.pos, b.window, b.rope_theta);
 }
+bool operator==(const MambaConfig& a, const MambaConfig& b) {
+  return std::tie(a.d_state, a.d_conv, a.expand, a.dt_rank, a.dt_min, a.dt_max, a.dt_init_floor, a.conv_bias) ==
+         std::tie(b.d_state, b.d_conv, b.expand, b.dt_rank, b.dt_min, b.dt_max, b.dt_init_floor, b.conv_bias);
+}
+bool operator==(const HedgehogConfig& a, const HedgehogConfig& b) {
+  return std::tie(a.n_heads, a.feature_dim, a.chunk, a.window) == std::tie(b.n_heads, b.feature_dim, b.chunk, b.window);
+}
+bool operator==(const AarenConfig& a, const AarenConfig& b) { return a.n_heads == b.n_heads; }
 bool operator==(const ModelConfig& a, const ModelConfig& b) {
   return std::tie(a.preset, a.vocab_size, a.vocab_pad_to, a.d_model, a.n_layers, a.max_seq_len, a.pattern, a.layers,
-                  a.norm, a.norm_eps, a.mlp, a.attn, a.tie_embeddings, a.bias, a.init_std) ==
+                  a.norm, a.norm_eps, a.mlp, a.attn, a.mamba, a.hedgehog, a.aaren, a.tie_embeddings, a.bias,
+                  a.init_std) ==
          std::tie(b.preset, b.vocab_size, b.vocab_pad_to, b.d_model, b.n_layers, b.max_seq_len, b.pattern, b.layers,
-                  b.norm, b.norm_eps, b.mlp, b.attn, b.tie_embeddings, b.bias, b.init_std);
+                  b.norm, b.norm_eps, b.mlp, b.attn, b.mamba, b.hedgehog, b.aaren, b.tie_embeddings, b.bias,
+                  b.init_std);
 }
 bool operator==(const DataConfig& a, const DataConfig& b) { return std::tie(a.train, a.val) == std::tie(b.train, b.val); }
 bool operator==(const OptimizerConfig& a, const OptimizerConfig& b) {

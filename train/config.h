@@ -41,6 +41,31 @@ struct AttnConfig {
   double rope_theta = 10000;
 };
 
+// Mamba-1 (mamba_ssm's Mamba module): E = expand * d_model inner channels, N = d_state.
+struct MambaConfig {
+  int64_t d_state = 16;
+  int64_t d_conv = 4;       // width of the causal depthwise convolution
+  int64_t expand = 2;
+  int64_t dt_rank = 0;      // 0 = ceil(d_model / 16), as mamba_ssm's "auto"
+  double dt_min = 0.001;    // dt_proj.bias is initialised so softplus(bias) is log-uniform in [dt_min, dt_max]
+  double dt_max = 0.1;
+  double dt_init_floor = 1e-4;
+  bool conv_bias = true;
+};
+
+// Hedgehog linear attention: per head, feature map phi(x) = [softmax(Wx + b), softmax(-(Wx + b))].
+struct HedgehogConfig {
+  int64_t n_heads = 4;
+  int64_t feature_dim = 64;  // size of each softmax half (phi has 2 * feature_dim entries)
+  int64_t chunk = 64;        // chunk length of the chunked causal form
+  int64_t window = 0;        // > 0: sliding-window softmax attention + linear attention (LoLCATs)
+};
+
+// Aaren: attention as an RNN with a learned query per head.
+struct AarenConfig {
+  int64_t n_heads = 4;
+};
+
 struct ModelConfig {
   std::string preset;  // empty = none; otherwise the preset that filled the unset keys
   int64_t vocab_size = 256;
@@ -53,6 +78,9 @@ struct ModelConfig {
   double norm_eps = 1e-5;
   MlpConfig mlp;
   AttnConfig attn;
+  MambaConfig mamba;
+  HedgehogConfig hedgehog;
+  AarenConfig aaren;
   bool tie_embeddings = true;
   bool bias = false;  // biases in linear layers and layernorm
   double init_std = 0.02;
@@ -136,6 +164,9 @@ struct Config {
 bool operator==(const RunConfig& a, const RunConfig& b);
 bool operator==(const MlpConfig& a, const MlpConfig& b);
 bool operator==(const AttnConfig& a, const AttnConfig& b);
+bool operator==(const MambaConfig& a, const MambaConfig& b);
+bool operator==(const HedgehogConfig& a, const HedgehogConfig& b);
+bool operator==(const AarenConfig& a, const AarenConfig& b);
 bool operator==(const ModelConfig& a, const ModelConfig& b);
 bool operator==(const DataConfig& a, const DataConfig& b);
 bool operator==(const OptimizerConfig& a, const OptimizerConfig& b);
