@@ -10,29 +10,11 @@
 #include <vector>
 
 #include "core/cuda/runtime.h"
+#include "scripts/bench/median_ms.h"
 #include "layers/attention/attention_op.h"
 
 using namespace seqtrain;
-
-namespace {
-
-double median_ms(const std::function<void()>& fn, int warmup = 5, int reps = 20) {
-  cudaStream_t s = cuda::compute_stream(0);
-  for (int i = 0; i < warmup; ++i) fn();
-  std::vector<double> times;
-  for (int i = 0; i < reps; ++i) {
-    cuda::Event start, stop;
-    start.record(s);
-    fn();
-    stop.record(s);
-    stop.synchronize();
-    times.push_back(stop.elapsed_ms(start));
-  }
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
-
-}  // namespace
+using bench::median_ms;
 
 int main() {
   if (!cuda_available()) {

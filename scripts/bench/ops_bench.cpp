@@ -12,29 +12,13 @@
 #include <vector>
 
 #include "core/cuda/runtime.h"
+#include "scripts/bench/median_ms.h"
 #include "core/ops.h"
 
 using namespace seqtrain;
+using bench::median_ms;
 
 namespace {
-
-// Median time in ms of `fn` over `reps` runs after `warmup` runs, timed with events on the
-// compute stream.
-double median_ms(const std::function<void()>& fn, int warmup = 5, int reps = 30) {
-  cudaStream_t s = cuda::compute_stream(0);
-  for (int i = 0; i < warmup; ++i) fn();
-  std::vector<double> times;
-  for (int i = 0; i < reps; ++i) {
-    cuda::Event start, stop;
-    start.record(s);
-    fn();
-    stop.record(s);
-    stop.synchronize();
-    times.push_back(stop.elapsed_ms(start));
-  }
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
 
 struct Row {
   std::string name;
