@@ -12,6 +12,9 @@
 #include "core/cuda/rowwise.cuh"
 #include "core/cuda/runtime.h"
 
+#include <atomic>
+#include <type_traits>
+
 namespace seqtrain::cuda {
 namespace {
 
@@ -186,6 +189,258 @@ __global__ void __launch_bounds__(kMaxGroup, 1)
   }
 }
 
+// ---- warp-per-row fast path (rows of up to 32 * K chunks, K <= kMaxWarpChunks) ----
+// One warp owns a whole row: lane l holds chunks l, l + 32, ... (K of them, a compile-time
+// count, so the cached row is K packed 16-byte registers quads and no loop is left at runtime).
+// All of the row's loads are issued before any arithmetic and the reductions are warp shuffles
+// only (no shared memory, no barriers), so small per-thread register footprints let 48-64 warps
+// per SM keep enough bytes in flight to run at HBM speed. Longer rows, and everything else, take
+// the group-per-row kernels above.
+constexpr int kWarpRowsPerBlock = 8;  // 256-thread blocks, one row per warp
+constexpr int kWarpBlock = kWarpRowsPerBlock * kWarpSize;
+
+template <int VEC, int K, class T>
+__device__ __forceinline__ void load_row(const T* r, int chunks, int lane, Chunk<T, VEC> (&c)[K]) {
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int ci = lane + k * kWarpSize;
+    if (ci < chunks) c[k] = load_chunk<VEC>(r + size_t(ci) * VEC);
+  }
+}
+
+// Resident 256-thread blocks per SM the warp kernels are compiled for (register cap
+// 65536 / (256 * blocks)): the forward caches 16 * K bytes of x per lane, so K <= 3 fits in 40
+// registers (48 warps per SM); the backward also holds K * VEC dw (and db) sums per lane, so it
+// gets 80 registers (24 warps per SM) when those are few and 128 (16 warps) otherwise.
+template <int K> constexpr int forward_warp_min_blocks() { return K <= 3 ? 6 : 4; }
+template <class A, int VEC, int K, bool HasBias>
+constexpr int backward_warp_min_blocks() {
+  return (HasBias ? 2 : 1) * K * VEC * int(sizeof(A) / 4) + 2 * K * 4 <= 48 ? 3 : 2;
+}
+
+// Forward, one row per warp; block b handles rows b * 8 .. b * 8 + 7.
+template <class T, class W, int VEC, int K, bool Center>
+__global__ void __launch_bounds__(kWarpBlock, forward_warp_min_blocks<K>())
+    norm_forward_warp_kernel(const T* __restrict__ x, const W* __restrict__ weight,
+                             const W* __restrict__ bias, T* __restrict__ y,
+                             acc_t<T>* __restrict__ mean_out, acc_t<T>* __restrict__ rstd_out,
+                             int64_t rows, int n, int chunks, acc_t<T> eps) {
+  using A = acc_t<T>;
+  using C = Chunk<T, VEC>;
+  using WC = Chunk<W, VEC>;
+  const int lane = threadIdx.x % kWarpSize;
+  const int64_t row = int64_t(blockIdx.x) * kWarpRowsPerBlock + threadIdx.x / kWarpSize;
+  if (row >= rows) return;  // whole warps leave together: only warp shuffles follow
+  const size_t row_off = size_t(row) * size_t(n);
+  C xc[K];
+  load_row<VEC>(x + row_off, chunks, lane, xc);
+
+  A mean = 0;
+  if constexpr (Center) {
+    A s = 0;
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+      if (lane + k * kWarpSize < chunks) {
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) s += elem(xc[k], i);
+      }
+    mean = warp_sum(s) / A(n);
+  }
+  // Two-pass variance over the cached row (no E[x^2] - mean^2 cancellation).
+  A ss = 0;
+#pragma unroll
+  for (int k = 0; k < K; ++k)
+    if (lane + k * kWarpSize < chunks) {
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        const A d = elem(xc[k], i) - mean;
+        ss += d * d;
+      }
+    }
+  const A rstd = A(1) / sqrt(warp_sum(ss) / A(n) + eps);
+
+  T* yr = y + row_off;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int ci = lane + k * kWarpSize;
+    if (ci < chunks) {
+      const WC wc = load_chunk<VEC>(weight + size_t(ci) * VEC);
+      WC bc{};
+      if (Center && bias != nullptr) bc = load_chunk<VEC>(bias + size_t(ci) * VEC);
+      C out;
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        A v = (elem(xc[k], i) - mean) * rstd * to_acc(wc.v[i]);
+        if (Center && bias != nullptr) v += to_acc(bc.v[i]);
+        out.v[i] = to_storage<T>(v);
+      }
+      store_chunk<VEC>(yr + size_t(ci) * VEC, out);
+    }
+  }
+  if (lane == 0) {
+    if constexpr (Center) mean_out[row] = mean;
+    rstd_out[row] = rstd;
+  }
+}
+
+// Backward, one row per warp over a persistent grid: warp w of block b handles rows
+// (b * 8 + w) + j * gridDim.x * 8. A lane owns the same columns in every row, so it accumulates
+// their dw (and db) in registers across its rows; at the end the block's 8 warps are added in
+// warp order into shared memory and written as the block's partial row (fixed order: the result
+// depends only on the shape and the grid, which depends only on the shape and the device).
+template <class T, class W, int VEC, int K, bool Center, bool HasBias, int MinBlocks>
+__global__ void __launch_bounds__(kWarpBlock, MinBlocks)
+    norm_backward_warp_kernel(const T* __restrict__ x, const W* __restrict__ weight,
+                              const acc_t<T>* __restrict__ mean, const acc_t<T>* __restrict__ rstd,
+                              const T* __restrict__ dy, T* __restrict__ dx,
+                              acc_t<T>* __restrict__ partials, int64_t rows, int n, int chunks) {
+  using A = acc_t<T>;
+  using C = Chunk<T, VEC>;
+  using WC = Chunk<W, VEC>;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  A* red = reinterpret_cast<A*>(smem_raw);  // [HasBias ? 2n : n]
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  A dw[K][VEC], db[HasBias ? K : 1][VEC];
+#pragma unroll
+  for (int k = 0; k < K; ++k)
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+      dw[k][i] = 0;
+      if constexpr (HasBias) db[k][i] = 0;
+    }
+
+  const int64_t stride = int64_t(gridDim.x) * kWarpRowsPerBlock;
+  for (int64_t row = int64_t(blockIdx.x) * kWarpRowsPerBlock + warp; row < rows; row += stride) {
+    const size_t row_off = size_t(row) * size_t(n);
+    C xc[K], dyc[K];
+    load_row<VEC>(x + row_off, chunks, lane, xc);
+    load_row<VEC>(dy + row_off, chunks, lane, dyc);
+    const A mu = Center ? mean[row] : A(0);
+    const A rs = rstd[row];
+
+    A sum_g = 0, sum_gx = 0;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int ci = lane + k * kWarpSize;
+      if (ci < chunks) {
+        const WC wc = load_chunk<VEC>(weight + size_t(ci) * VEC);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+          const A gi = elem(dyc[k], i) * to_acc(wc.v[i]);
+          sum_g += gi;
+          sum_gx += gi * ((elem(xc[k], i) - mu) * rs);
+        }
+      }
+    }
+    const A mean_g = Center ? warp_sum(sum_g) / A(n) : A(0);
+    const A mean_gx = warp_sum(sum_gx) / A(n);
+
+    T* dxr = dx + row_off;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int ci = lane + k * kWarpSize;
+      if (ci < chunks) {
+        const WC wc = load_chunk<VEC>(weight + size_t(ci) * VEC);
+        C out;
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+          const A d = elem(dyc[k], i), xhat = (elem(xc[k], i) - mu) * rs;
+          out.v[i] = to_storage<T>(rs * (d * to_acc(wc.v[i]) - mean_g - xhat * mean_gx));
+          dw[k][i] += d * xhat;
+          if constexpr (HasBias) db[k][i] += d;
+        }
+        store_chunk<VEC>(dxr + size_t(ci) * VEC, out);
+      }
+    }
+  }
+
+  // Fixed-order block reduction: warp 0 stores, warps 1..7 add in turn.
+  for (int w = 0; w < kWarpRowsPerBlock; ++w) {
+    if (warp == w) {
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        const int ci = lane + k * kWarpSize;
+        if (ci < chunks) {
+#pragma unroll
+          for (int i = 0; i < VEC; ++i) {
+            const int j = ci * VEC + i;
+            red[j] = w == 0 ? dw[k][i] : red[j] + dw[k][i];
+            if constexpr (HasBias) red[n + j] = w == 0 ? db[k][i] : red[n + j] + db[k][i];
+          }
+        }
+      }
+    }
+    __syncthreads();
+  }
+  const int width = HasBias ? 2 * n : n;
+  A* out = partials + size_t(blockIdx.x) * width;
+  for (int j = threadIdx.x; j < width; j += blockDim.x) out[j] = red[j];
+}
+
+// out0[j] (j < n) and out1[j - n] (n <= j < width) = sum_p partials[p * width + j], p < P, in a
+// fixed order: thread row ty sums p = ty, ty + 32, ... in four interleaved running sums (added
+// in order at the end), then the 32 thread rows are added in order. Block (32, 32) per 32
+// columns: enough loads in flight that the few-MB partial matrix is read at near-L2 speed.
+constexpr int kRedCols = 32, kRedRows = 32;
+template <class A, class O>
+__global__ void __launch_bounds__(kRedCols * kRedRows)
+    sum_norm_partials_kernel(const A* __restrict__ partials, int P, int n, int width,
+                             O* __restrict__ out0, O* __restrict__ out1) {
+  __shared__ A sums[kRedRows][kRedCols + 1];
+  const int j = blockIdx.x * kRedCols + threadIdx.x;
+  A acc[4] = {0, 0, 0, 0};
+  if (j < width) {
+    int p = threadIdx.y;
+    for (; p + 3 * kRedRows < P; p += 4 * kRedRows) {
+#pragma unroll
+      for (int u = 0; u < 4; ++u) acc[u] += partials[size_t(p + u * kRedRows) * width + j];
+    }
+#pragma unroll
+    for (int u = 0; u < 3; ++u)
+      if (p + u * kRedRows < P) acc[u] += partials[size_t(p + u * kRedRows) * width + j];
+  }
+  sums[threadIdx.y][threadIdx.x] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  __syncthreads();
+  if (threadIdx.y == 0 && j < width) {
+    A s = sums[0][threadIdx.x];
+    for (int i = 1; i < kRedRows; ++i) s += sums[i][threadIdx.x];
+    if (j < n)
+      out0[j] = to_storage<O>(s);
+    else
+      out1[j - n] = to_storage<O>(s);
+  }
+}
+
+constexpr int kMaxWarpChunksFwd = 8, kMaxWarpChunksBwd = 4;
+
+// Calls f(std::integral_constant<int, K>) for the smallest K in {1, 2, 3, 4, 8} (up to KMax) with
+// 32 * K >= chunks; returns false when no such K exists.
+template <int KMax, class F>
+bool dispatch_warp_chunks(int chunks, F&& f) {
+  const int need = (chunks + kWarpSize - 1) / kWarpSize;
+  if (need <= 1) { f(std::integral_constant<int, 1>{}); return true; }
+  if (need <= 2) { f(std::integral_constant<int, 2>{}); return true; }
+  if (need <= 3) { f(std::integral_constant<int, 3>{}); return true; }
+  if (need <= 4) { f(std::integral_constant<int, 4>{}); return true; }
+  if constexpr (KMax >= 8)
+    if (need <= 8) { f(std::integral_constant<int, 8>{}); return true; }
+  return false;
+}
+
+// Resident blocks per SM of a kernel at kWarpBlock threads, queried once per kernel.
+// (The host path of these kernels is part of what a single call costs, so it stays lean.)
+template <auto Kernel>
+int warp_blocks_per_sm(size_t smem) {
+  static std::atomic<int> cached{0};
+  int b = cached.load(std::memory_order_relaxed);
+  if (b == 0) {
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, Kernel, kWarpBlock, smem));
+    if (b < 1) b = 1;
+    cached.store(b, std::memory_order_relaxed);
+  }
+  return b;
+}
+
 // Largest shared accumulator a backward block uses before falling back to global partials (whose
 // read-modify-writes then compete with the rows for L2 and HBM): most of the 227 KiB an H100
 // block may opt into.
@@ -228,6 +483,26 @@ void norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
                                              int(n), p.chunks, p.group, A(eps));
         CUDA_CHECK_LAUNCH(norm_forward_kernel);
       };
+      // Warp-per-row kernel when the row fits in K <= 8 chunks per lane (16-byte chunks: up to
+      // 2048 bf16 / 1024 f32 / 512 f64 elements; element-wise chunks, for unaligned rows: 128).
+      auto launch_warp = [&](auto vec_tag, auto kmax_tag) {
+        constexpr int V = decltype(vec_tag)::value;
+        const int chunks = int(n / V);
+        return dispatch_warp_chunks<decltype(kmax_tag)::value>(chunks, [&](auto k_tag) {
+          constexpr int K = decltype(k_tag)::value;
+          const unsigned grid = unsigned((rows + kWarpRowsPerBlock - 1) / kWarpRowsPerBlock);
+          norm_forward_warp_kernel<T, W, V, K, Center><<<grid, kWarpBlock, 0, stream>>>(
+              x.data<T>(), weight.data<W>(), b, y.data<T>(), mean ? mean->data<A>() : nullptr,
+              rstd.data<A>(), rows, int(n), chunks, A(eps));
+          CUDA_CHECK_LAUNCH(norm_forward_warp_kernel);
+        });
+      };
+      if (n < (int64_t(1) << 31) && rows < (int64_t(1) << 34)) {
+        if (vec ? launch_warp(std::integral_constant<int, kVec<T>>{},
+                              std::integral_constant<int, kMaxWarpChunksFwd>{})
+                : launch_warp(std::integral_constant<int, 1>{}, std::integral_constant<int, 4>{}))
+          return;
+      }
       if (vec)
         launch(norm_forward_kernel<T, W, kVec<T>, Center>, kVec<T>);
       else
@@ -278,6 +553,47 @@ void norm_backward(const Tensor& x, const Tensor& weight, const Tensor* mean, co
         sum_partials(partials.data<A>(), nparts, width, n, dweight.data<W>(), stream);
         if (has_bias) sum_partials(partials.data<A>() + n, nparts, width, n, dbias->data<W>(), stream);
       };
+      // Warp-per-row persistent kernel when the row fits in K <= 4 chunks per lane (up to 1024
+      // bf16 / 512 f32 / 256 f64 elements; 128 for unaligned rows).
+      auto launch_warp = [&](auto vec_tag, auto bias_tag) {
+        constexpr int V = decltype(vec_tag)::value;
+        constexpr bool HasBias = decltype(bias_tag)::value;
+        const int chunks = int(n / V);
+        return dispatch_warp_chunks<kMaxWarpChunksBwd>(chunks, [&](auto k_tag) {
+          constexpr int K = decltype(k_tag)::value;
+          constexpr auto kernel = norm_backward_warp_kernel<T, W, V, K, Center, HasBias,
+                                                            backward_warp_min_blocks<A, V, K, HasBias>()>;
+          constexpr size_t max_smem = size_t(HasBias ? 2 : 1) * kWarpSize * K * V * sizeof(A);
+          const int64_t resident =
+              int64_t(sm_count(x.device().index)) * warp_blocks_per_sm<kernel>(max_smem);
+          // Rows per warp: as few as the resident warps allow, then as few blocks as give every
+          // warp that many (at most one fewer): no partly filled last round.
+          const int64_t slots = resident * kWarpRowsPerBlock;
+          const int64_t per_warp = (rows + slots - 1) / slots;
+          const int64_t warps = (rows + per_warp - 1) / per_warp;
+          const int grid = int((warps + kWarpRowsPerBlock - 1) / kWarpRowsPerBlock);
+          const size_t smem = size_t(width) * sizeof(A);
+          Tensor partials = Tensor::empty({int64_t(grid), width}, stats_dtype<T>(), x.device());
+          kernel<<<grid, kWarpBlock, smem, stream>>>(x.data<T>(), weight.data<W>(),
+                                                     mean ? mean->data<A>() : nullptr, rstd.data<A>(),
+                                                     dy.data<T>(), dx.data<T>(), partials.data<A>(),
+                                                     rows, int(n), chunks);
+          CUDA_CHECK_LAUNCH(norm_backward_warp_kernel);
+          const unsigned rgrid = unsigned((width + kRedCols - 1) / kRedCols);
+          sum_norm_partials_kernel<A, W><<<rgrid, dim3(kRedCols, kRedRows), 0, stream>>>(
+              partials.data<A>(), grid, int(n), int(width), dweight.data<W>(),
+              has_bias ? dbias->data<W>() : nullptr);
+          CUDA_CHECK_LAUNCH(sum_norm_partials_kernel);
+        });
+      };
+      auto launch_warp_vec = [&](auto vec_tag) {
+        return has_bias ? launch_warp(vec_tag, std::true_type{}) : launch_warp(vec_tag, std::false_type{});
+      };
+      if (n < (int64_t(1) << 31)) {
+        if (vec ? launch_warp_vec(std::integral_constant<int, kVec<T>>{})
+                : (n <= 4 * kWarpSize && launch_warp_vec(std::integral_constant<int, 1>{})))
+          return;
+      }
       if (vec)
         launch(norm_backward_kernel<T, W, kVec<T>, Center>, kVec<T>);
       else
