@@ -3,12 +3,13 @@
 # prepare the default corpus (the King James Bible from Debian's bible-kjv) as data/kjv/{train,val}.bin.
 # Idempotent: packages already present are not reinstalled; build/ and the shards are reused.
 # Usage: scripts/setup.sh [--no-build]   Environment: SEQTRAIN_BUILD_TYPE (default Release),
-#        SEQTRAIN_CUDA (ON/OFF, default: ON when nvcc is found), BUILD_DIR (default build).
+#        SEQTRAIN_CUDA (ON/OFF, default: ON when nvcc is found), BUILD_DIR (default build),
+#        SEQTRAIN_NO_INSTALL=1 (machines without a package archive: skip apt-get, build with what is there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [[ "${1:-}" == "--help" || "${1:-}" == "-h" ]]; then
-  sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0
+  sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0
 fi
 
 packages=(build-essential cmake ninja-build pkg-config git
@@ -18,7 +19,9 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
 done
-if ((${#missing[@]})); then
+if ((${#missing[@]})) && [[ -n "${SEQTRAIN_NO_INSTALL:-}" ]]; then
+  echo "setup: SEQTRAIN_NO_INSTALL is set; not installing ${missing[*]} (the build may fail without them)" >&2
+elif ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
   export DEBIAN_FRONTEND=noninteractive

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -34,10 +35,13 @@ extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
 // bf16 dense peak of an H100 SXM (the figure PyTorch's and llm.c's MFU use).
 constexpr double kPeakFlops = 989e12;
 
-std::shared_ptr<spdlog::logger> make_logger(const std::string& run_dir) {
-  auto console = std::make_shared<spdlog::sinks::stdout_color_sink_mt>();
-  auto file = std::make_shared<spdlog::sinks::basic_file_sink_mt>(run_dir + "/logs/rank-0.log");
-  auto logger = std::make_shared<spdlog::logger>("seqtrain", spdlog::sinks_init_list{console, file});
+// Rank 0 logs to the console and its file; the other ranks only to logs/rank-N.log, so the console
+// shows one copy of each line.
+std::shared_ptr<spdlog::logger> make_logger(const std::string& run_dir, int rank) {
+  std::vector<spdlog::sink_ptr> sinks;
+  if (rank == 0) sinks.push_back(std::make_shared<spdlog::sinks::stdout_color_sink_mt>());
+  sinks.push_back(std::make_shared<spdlog::sinks::basic_file_sink_mt>(run_dir + "/logs/rank-" + std::to_string(rank) + ".log"));
+  auto logger = std::make_shared<spdlog::logger>("seqtrain", sinks.begin(), sinks.end());
   logger->set_pattern("[%H:%M:%S] %v");
   logger->flush_on(spdlog::level::info);
   return logger;
@@ -71,6 +75,15 @@ std::vector<OptimizerSlot> optimizer_slots(AdamW& opt) {
   return out;
 }
 
+// The step (1-based) at which this rank must throw, from the test hook's environment variables
+// (see trainer.h); -1 when the hook is off or aims at another rank.
+int64_t test_fail_step(int rank) {
+  const char* fail_rank = std::getenv("SEQTRAIN_TEST_FAIL_RANK");
+  const char* fail_step = std::getenv("SEQTRAIN_TEST_FAIL_STEP");
+  if (!fail_rank || !fail_step || std::atoi(fail_rank) != rank) return -1;
+  return std::atoll(fail_step);
+}
+
 std::string fmt_duration(double seconds) {
   int64_t s = int64_t(seconds);
   char buf[32];
@@ -102,14 +115,25 @@ double memory_in_use_gib(Device device) {
   return double(resident) * 4096.0 / double(1ull << 30);
 }
 
-TrainState::TrainState(const Config& cfg, Device device)
-    : cfg_(cfg), device_(device), compute_(compute_dtype(cfg, device)) {
+int64_t micro_batches_per_rank(const TrainingConfig& tc, int dp) {
+  const int64_t tokens_per_round = tc.micro_batch * tc.seq_len * dp;
+  ST_CHECK(tc.batch_tokens % tokens_per_round == 0, "training.batch_tokens ", tc.batch_tokens,
+           " is not a multiple of micro_batch * seq_len * dp = ", tc.micro_batch, " * ", tc.seq_len, " * ", dp, " = ",
+           tokens_per_round, " (micro_batch is per rank, batch_tokens global; dp = ", dp,
+           " from the world size); change training.batch_tokens or training.micro_batch, or launch a number of "
+           "processes that divides the micro-batches evenly");
+  return tc.batch_tokens / tokens_per_round;
+}
+
+TrainState::TrainState(const Config& cfg, Device device, distributed::Communicator* dp)
+    : cfg_(cfg), device_(device), compute_(compute_dtype(cfg, device)), dp_(dp) {
   model_ = std::make_unique<LanguageModel>(cfg.model);
   model_->init_parameters(cfg.run.seed);
   model_->to(device);
   params_ = model_->named_parameters();
   optimizer_ = std::make_unique<AdamW>(params_, cfg.optimizer.betas[0], cfg.optimizer.betas[1], cfg.optimizer.eps,
                                        cfg.optimizer.weight_decay);
+  if (dp_ && dp_->size() > 1) reducer_ = std::make_unique<distributed::GradReducer>(params_, *dp_);
 }
 
 void TrainState::backward_micro(const Tensor& ids, const Tensor& targets, double scale_by, Tensor& loss_sum) {
@@ -119,10 +143,19 @@ void TrainState::backward_micro(const Tensor& ids, const Tensor& targets, double
   loss_sum = loss_sum.defined() ? ops::add(loss_sum, detached) : detached;
 }
 
-TrainState::StepStats TrainState::finish_step(int64_t step_index, const Tensor& loss_sum) {
+double TrainState::reduce_over_dp(const Tensor& loss_sum) {
+  if (!reducer_) return loss_sum.item();
+  reducer_->reduce();
+  Tensor loss = loss_sum.to(DType::F64).contiguous().view({1});
+  dp_->all_reduce(loss, distributed::Reduction::Sum);
+  return loss.item();
+}
+
+TrainState::StepStats TrainState::apply_gradients(int64_t step_index, double loss) {
   const OptimizerConfig& o = cfg_.optimizer;
   const ScheduleConfig& s = cfg_.schedule;
-  double loss = loss_sum.item();
+  // After the dp reduction every rank holds the same full gradient, so the local norm is the
+  // global one (no replicated parameter is counted twice) and every rank clips identically.
   double grad_norm = clip_grad_norm(params_, o.grad_clip);
   ST_CHECK(std::isfinite(loss), "step ", step_index + 1, ": the training loss is ", loss,
            "; lower optimizer.lr or check the data");
@@ -137,20 +170,29 @@ TrainState::StepStats TrainState::finish_step(int64_t step_index, const Tensor& 
   return {loss, grad_norm, lr};
 }
 
-TrainResult train(const Config& cfg) {
-  // Everything that can reject the inputs (device, data files, model, the checkpoint to resume)
-  // runs before anything is written to the run folder, so a bad invocation changes nothing.
+TrainResult train(const Config& cfg, const distributed::World& world, const distributed::Mesh& mesh) {
+  // Everything that can reject the inputs (layout, device, data files, model, the checkpoint to
+  // resume) runs before anything is written to the run folder, so a bad invocation changes nothing.
+  ST_CHECK(mesh.tp() == 1 && mesh.cp() == 1, "parallel: tp=", mesh.tp(), " cp=", mesh.cp(),
+           ": tensor and context parallelism are not implemented yet; use parallel.tp: 1 and parallel.cp: 1");
   const std::string run_dir = cfg.run.dir;
-  const Device device = resolve_device(cfg.run.device);
+  const Device device = world.bind_device(resolve_device(cfg.run.device));
   const TrainingConfig& tc = cfg.training;
-  const int64_t tokens_per_micro = tc.micro_batch * tc.seq_len;
-  const int64_t micro_batches = tc.batch_tokens / tokens_per_micro;
+  const int dp = mesh.dp(), dp_rank = mesh.dp_group().rank;
+  const bool writer = world.rank() == 0;  // writes console, metrics, config.yaml and checkpoints
+  const int64_t micro_batches = micro_batches_per_rank(tc, dp);
+  const int64_t samples_per_step = micro_batches * dp * tc.micro_batch;
+  const int64_t fail_at_step = test_fail_step(world.rank());
+  auto dp_comm = distributed::make_communicator(mesh.dp_group(), device);
+  // Host-side agreement (stop flag, evaluation sums) over MPI whatever the device.
+  auto host_world = distributed::make_mpi_communicator(mesh.world());
+  auto host_dp = distributed::make_mpi_communicator(mesh.dp_group());
 
   data::TokenLoader train_data(cfg.data.train, tc.seq_len, cfg.model.vocab_size, cfg.run.seed);
   std::optional<data::TokenLoader> val_data;
   if (!cfg.data.val.empty() && tc.eval_every > 0) val_data.emplace(cfg.data.val, tc.seq_len, cfg.model.vocab_size, cfg.run.seed);
 
-  TrainState state(cfg, device);
+  TrainState state(cfg, device, dp_comm.get());
   LanguageModel& model = state.model();
   const double flops_per_token = model.flops_per_token(tc.seq_len);
 
@@ -158,6 +200,7 @@ TrainResult train(const Config& cfg) {
   meta.seed = cfg.run.seed;
   meta.layers = cfg.model.layers_code();
   meta.config_yaml = to_yaml(cfg);
+  meta.mesh = mesh.str();
   const std::string ckpt_dir = run_dir + "/checkpoints";
   std::optional<std::string> resume_from;
   if (cfg.checkpoint.resume == "auto") resume_from = find_latest_checkpoint(ckpt_dir);
@@ -171,42 +214,49 @@ TrainResult train(const Config& cfg) {
   }
 
   fs::create_directories(run_dir + "/logs");
-  fs::create_directories(ckpt_dir);
-  {
+  if (writer) {
+    fs::create_directories(ckpt_dir);
     std::ofstream resolved(run_dir + "/config.yaml");
     resolved << to_yaml(cfg);
   }
-  auto log = make_logger(run_dir);
-  log->info("run {}: {} on {} ({}), {} layers {}, {:.2f}M parameters, {} micro-batches of {}x{} per step",
+  auto log = make_logger(run_dir, world.rank());
+  log->info("run {}: {} on {} ({}), {} layers {}, {:.2f}M parameters, {} micro-batches of {}x{} per step{}",
             cfg.run.name, cfg.source, device.str(), dtype_name(state.compute()), model.layer_types().size(),
-            cfg.model.layers_code(), double(model.num_parameters()) / 1e6, micro_batches, tc.micro_batch, tc.seq_len);
+            cfg.model.layers_code(), double(model.num_parameters()) / 1e6, micro_batches, tc.micro_batch, tc.seq_len,
+            dp > 1 ? str_cat(" on each of ", dp, " data-parallel ranks (", mesh.str(), ", rank ", world.rank(), ")")
+                   : std::string());
   if (resume_from) log->info("resumed from {} at step {} ({} tokens seen)", *resume_from, meta.step, meta.tokens_seen);
 
   std::signal(SIGTERM, on_stop_signal);
   std::signal(SIGINT, on_stop_signal);
-  MetricsWriter metrics(run_dir + "/metrics.jsonl");
+  std::optional<MetricsWriter> metrics;
+  if (writer) metrics.emplace(run_dir + "/metrics.jsonl");
 
   auto save = [&](double lr) {
+    if (!writer) return;
     meta.lr = lr;
     std::string path = save_checkpoint(ckpt_dir, meta, named_values(state.params()), optimizer_slots(state.optimizer()),
                                        cfg.checkpoint.keep);
     log->info("checkpoint {}", path);
   };
 
+  // Evaluation batches are dealt round-robin over the dp ranks and the losses summed.
   auto evaluate = [&](int64_t step) {
     NoGradGuard no_grad;
-    double total = 0;
-    for (int64_t i = 0; i < tc.eval_steps; ++i) {
+    double local = 0;
+    for (int64_t i = dp_rank; i < tc.eval_steps; i += dp) {
       data::Batch b = val_data->get_eval_batch(i * tc.micro_batch, tc.micro_batch);
-      total += model.loss(b.inputs.to(device), b.targets.to(device), state.compute()).item();
+      local += model.loss(b.inputs.to(device), b.targets.to(device), state.compute()).item();
     }
-    double loss = total / double(tc.eval_steps);
+    Tensor total = Tensor::full({1}, local, DType::F64);
+    host_dp->all_reduce(total, distributed::Reduction::Sum);
+    double loss = total.item() / double(tc.eval_steps);
     double bpb = loss / std::log(2.0);  // byte-level tokens: one token is one byte
     log->info("eval step {:6d} | val loss {:.4f} | {:.4f} bits per byte", step, loss, bpb);
     char line[256];
     std::snprintf(line, sizeof line, "{\"kind\": \"eval\", \"step\": %lld, \"loss\": %.9g, \"bpb\": %.9g}",
                   (long long)step, loss, bpb);
-    metrics.write(line);
+    if (metrics) metrics->write(line);
     return bpb;
   };
 
@@ -218,11 +268,16 @@ TrainResult train(const Config& cfg) {
   int64_t steps_in_window = 0;
   double lr = 0;
   for (int64_t step = meta.step; step < tc.steps; ++step) {
+    ST_CHECK(step + 1 != fail_at_step, "test hook SEQTRAIN_TEST_FAIL_STEP: rank ", world.rank(), " fails at step ",
+             step + 1);
+    // This rank's slice of the global batch: micro-batches dp_rank * micro_batches onwards.
+    int64_t position = meta.data_position + dp_rank * micro_batches * tc.micro_batch;
     auto stats = state.step(step, micro_batches, [&] {
-      data::Batch b = train_data.get_batch(meta.data_position, tc.micro_batch);
-      meta.data_position += tc.micro_batch;
+      data::Batch b = train_data.get_batch(position, tc.micro_batch);
+      position += tc.micro_batch;
       return std::make_pair(b.inputs, b.targets);
     });
+    meta.data_position += samples_per_step;
     lr = stats.lr;
     meta.step = step + 1;
     meta.tokens_seen += tc.batch_tokens;
@@ -241,7 +296,7 @@ TrainResult train(const Config& cfg) {
                   "\"tokens_per_s\": %.1f, \"ms_per_step\": %.3f, \"tokens_seen\": %lld}",
                   (long long)meta.step, stats.loss, stats.lr, stats.grad_norm, tokens_per_s, ms_per_step,
                   (long long)meta.tokens_seen);
-    metrics.write(line);
+    if (metrics) metrics->write(line);
     if (log_now) {
       double mfu = device.is_cuda() ? 100.0 * flops_per_token * tokens_per_s / kPeakFlops : 0.0;
       double elapsed = std::chrono::duration<double>(now - t_start).count();
@@ -254,7 +309,11 @@ TrainResult train(const Config& cfg) {
       steps_in_window = 0;
     }
     if (val_data && (meta.step % tc.eval_every == 0 || meta.step == tc.steps)) result.last_val_bpb = evaluate(meta.step);
-    const bool stop = g_stop_signal != 0;
+    // A signal may reach some ranks only: they agree (any rank stopping stops all) so that all of
+    // them leave the loop after the same step.
+    Tensor stop_flag = Tensor::full({1}, g_stop_signal != 0 ? 1.0 : 0.0, DType::I64);
+    if (world.size() > 1) host_world->all_reduce(stop_flag, distributed::Reduction::Max);
+    const bool stop = stop_flag.item() != 0;
     if (stop || meta.step == tc.steps || (cfg.checkpoint.every > 0 && meta.step % cfg.checkpoint.every == 0)) save(lr);
     if (stop) {
       log->info("stopped by signal {} after step {}; resume with the same command", int(g_stop_signal), meta.step);

@@ -1,12 +1,27 @@
 // The training loop (DESIGN.md §6): builds the model and optimizer from a Config, resumes from the
 // newest complete checkpoint, accumulates micro-batches to batch_tokens per step, clips, steps
-// AdamW on the schedule, evaluates, logs (console, logs/rank-0.log, metrics.jsonl) and writes
+// AdamW on the schedule, evaluates, logs (console, logs/rank-N.log, metrics.jsonl) and writes
 // HDF5 checkpoints. SIGTERM/SIGINT finish the current step, write a checkpoint and return.
+//
+// Data parallel (DESIGN.md §5): training.micro_batch is per rank and training.batch_tokens is
+// global, so each of the dp ranks runs batch_tokens / (micro_batch * seq_len * dp) micro-batches
+// per step. Rank r reads the r-th contiguous slice of the global batch (the global sample order
+// does not depend on dp), its micro-batch losses are scaled by 1 / (micro-batches of all ranks),
+// and the gradients are summed over dp: a dp=N step equals the dp=1 step on the same global batch
+// up to summation order. Rank 0 writes the console, metrics.jsonl, config.yaml and checkpoints;
+// every rank writes logs/rank-N.log and resumes from the same checkpoint.
+//
+// Test hook (tests/mpi/mpi_e2e.sh): with SEQTRAIN_TEST_FAIL_RANK=R and SEQTRAIN_TEST_FAIL_STEP=S in
+// the environment, rank R throws at the start of step S (1-based), to check that one failing rank
+// ends the whole job.
 #pragma once
 #include <cstdint>
 #include <memory>
 #include <string>
 
+#include "distributed/communicator.h"
+#include "distributed/grad_reducer.h"
+#include "distributed/mesh.h"
 #include "models/language_model.h"
 #include "train/adamw.h"
 #include "train/config.h"
@@ -26,20 +41,37 @@ Device resolve_device(const std::string& name);
 // backend computes bf16 through f32 anyway, so f32 is both faster and more accurate there).
 DType compute_dtype(const Config& cfg, Device device);
 
+// Micro-batches each rank runs per step: batch_tokens / (micro_batch * seq_len * dp). Throws,
+// naming the sizes, when that is not a whole number (ranks cannot split micro-batches unevenly:
+// every rank must take part in every gradient all-reduce).
+int64_t micro_batches_per_rank(const TrainingConfig& tc, int dp);
+
 // Model + optimizer on one device, and the step they take together.
 class TrainState {
  public:
-  TrainState(const Config& cfg, Device device);
+  // `dp` is the data-parallel group's communicator (it must outlive this object); null for a
+  // single process.
+  TrainState(const Config& cfg, Device device, distributed::Communicator* dp = nullptr);
   LanguageModel& model() { return *model_; }
   AdamW& optimizer() { return *optimizer_; }
   std::vector<NamedParameter>& params() { return params_; }
-  // One optimizer step over `micro_batches` micro-batches pulled from `next_batch`
-  // (ids, targets on the CPU). Returns {mean loss, grad norm before clipping}.
+  // One optimizer step over this rank's `micro_batches` micro-batches pulled from `next_batch`
+  // (ids, targets on the CPU). Returns {mean loss of the global batch, grad norm before clipping}.
   struct StepStats {
     double loss, grad_norm, lr;
   };
   template <typename NextBatch>
-  StepStats step(int64_t step_index, int64_t micro_batches, NextBatch&& next_batch);
+  StepStats step(int64_t step_index, int64_t micro_batches, NextBatch&& next_batch) {
+    double loss = accumulate_gradients(micro_batches, next_batch);
+    return apply_gradients(step_index, loss);
+  }
+  // The two halves of step(). accumulate_gradients runs forward and backward over this rank's
+  // micro-batches and reduces the gradients over dp; afterwards every rank holds the gradient of
+  // the global batch's mean loss, which it returns.
+  template <typename NextBatch>
+  double accumulate_gradients(int64_t micro_batches, NextBatch&& next_batch);
+  // Clips, checks for NaN/inf, steps AdamW on the schedule and drops the gradients.
+  StepStats apply_gradients(int64_t step_index, double loss);
 
   Device device() const { return device_; }
   DType compute() const { return compute_; }
@@ -47,7 +79,8 @@ class TrainState {
 
  private:
   void backward_micro(const Tensor& ids, const Tensor& targets, double scale_by, Tensor& loss_sum);
-  StepStats finish_step(int64_t step_index, const Tensor& loss_sum);
+  // Sums the gradients and this rank's share of the loss over dp; returns the global loss.
+  double reduce_over_dp(const Tensor& loss_sum);
 
   Config cfg_;
   Device device_;
@@ -55,19 +88,27 @@ class TrainState {
   std::unique_ptr<LanguageModel> model_;
   std::vector<NamedParameter> params_;
   std::unique_ptr<AdamW> optimizer_;
+  distributed::Communicator* dp_;
+  std::unique_ptr<distributed::GradReducer> reducer_;
 };
 
 template <typename NextBatch>
-TrainState::StepStats TrainState::step(int64_t step_index, int64_t micro_batches, NextBatch&& next_batch) {
+double TrainState::accumulate_gradients(int64_t micro_batches, NextBatch&& next_batch) {
+  // Each micro-batch loss is a mean over its tokens; all micro-batches of all ranks have the same
+  // token count, so scaling by 1 / (global micro-batch count) is "sum of local token losses over
+  // the global token count".
+  const int64_t global_micro_batches = micro_batches * (dp_ ? dp_->size() : 1);
   Tensor loss_sum;
   for (int64_t i = 0; i < micro_batches; ++i) {
     auto [ids, targets] = next_batch();
-    backward_micro(ids, targets, 1.0 / double(micro_batches), loss_sum);
+    backward_micro(ids, targets, 1.0 / double(global_micro_batches), loss_sum);
   }
-  return finish_step(step_index, loss_sum);
+  return reduce_over_dp(loss_sum);
 }
 
-TrainResult train(const Config& cfg);
+// Trains on the mesh's dp group (tp = cp = 1 for now); `world` is used to agree on stopping and to
+// name this rank. Everything rank-specific (which samples, which files) follows from the mesh.
+TrainResult train(const Config& cfg, const distributed::World& world, const distributed::Mesh& mesh);
 
 // Bytes in use on the device (the GPU pool's reserved memory, or the process's resident set).
 double memory_in_use_gib(Device device);

@@ -11,6 +11,7 @@
 #include "autograd/grad_mode.h"
 #include "core/philox.h"
 #include "data/prepare.h"
+#include "distributed/mesh.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/generate.h"
@@ -98,15 +99,30 @@ int cmd_train(int argc, char** argv) {
                 "Trains the model the config describes. Resumes from the newest complete checkpoint in\n"
                 "<run.dir>/checkpoints (checkpoint.resume: auto | none | PATH). SIGTERM/SIGINT write a\n"
                 "checkpoint at the end of the current step and exit 0. --set overrides any key; the value\n"
-                "is YAML, e.g. --set training.steps=100 --set model.pattern=[attn].\n");
+                "is YAML, e.g. --set training.steps=100 --set model.pattern=[attn].\n\n"
+                "Data parallel: mpirun -np N seqtrain train CONFIG.yaml (or scripts/launch.sh -n N -- ...);\n"
+                "parallel.dp: -1 takes the world size, training.micro_batch is per rank and\n"
+                "training.batch_tokens is global.\n");
     return 0;
   }
   if (a.positional.size() != 1) throw UsageError("train takes exactly one CONFIG.yaml");
-  train::Config cfg = train::load_config(a.positional[0], a.all("set"));
-  train::TrainResult r = train::train(cfg);
-  std::printf("trained to step %lld: loss %.4f%s\n", (long long)r.step, r.last_loss,
-              r.last_val_bpb >= 0 ? (", val " + std::to_string(r.last_val_bpb) + " bits per byte").c_str() : "");
-  return 0;
+  distributed::World world(&argc, &argv);
+  try {
+    train::Config cfg = train::load_config(a.positional[0], a.all("set"));
+    distributed::Mesh mesh(world, cfg.parallel.dp, cfg.parallel.cp, cfg.parallel.tp);
+    train::TrainResult r = train::train(cfg, world, mesh);
+    if (world.rank() == 0)
+      std::printf("trained to step %lld: loss %.4f%s\n", (long long)r.step, r.last_loss,
+                  r.last_val_bpb >= 0 ? (", val " + std::to_string(r.last_val_bpb) + " bits per byte").c_str() : "");
+    return 0;
+  } catch (const std::exception& e) {
+    if (world.size() == 1) throw;  // reported by main() as one line, like every other command
+    // The other ranks may be blocked in a collective waiting for this one: name the rank and the
+    // cause, then end the whole job instead of leaving them to hang.
+    std::fprintf(stderr, "seqtrain train: rank %d of %d: error: %s\n", world.rank(), world.size(), e.what());
+    std::fflush(stderr);
+    world.abort(1);
+  }
 }
 
 int cmd_generate(int argc, char** argv) {

@@ -1,0 +1,132 @@
+#include "layers/mamba/mamba.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "autograd/functions.h"
+#include "layers/mamba/selective_scan.h"
+
+namespace seqtrain {
+
+namespace {
+
+// A submodule that only groups parameters, so that conv1d.* and dt_proj.* carry mamba_ssm's names.
+class ParameterGroup : public Module {
+ public:
+  Tensor* add(const std::string& name, const Shape& shape, Init init, bool weight_decay) {
+    return &add_parameter(name, shape, init, weight_decay);
+  }
+};
+
+// A_log, D, dt_proj.bias and the SSM state stay in f32 unless the whole computation is f64.
+DType state_dtype(DType compute) { return compute == DType::F64 ? DType::F64 : DType::F32; }
+
+}  // namespace
+
+struct MambaMixer::ConvAndScanState : MixerState {
+  Tensor conv;  // [B, K - 1, E] the last inputs of the convolution (compute dtype)
+  Tensor ssm;   // [B, E, N] h after the last token (state dtype)
+};
+
+MambaMixer::MambaMixer(int64_t d_model, const train::MambaConfig& cfg, bool bias, double init_std, double out_std)
+    : E_(cfg.expand * d_model),
+      N_(cfg.d_state),
+      K_(cfg.d_conv),
+      R_(cfg.dt_rank > 0 ? cfg.dt_rank : (d_model + 15) / 16),
+      cfg_(cfg) {
+  ST_CHECK(d_model > 0 && cfg.expand > 0 && cfg.d_state > 0 && cfg.d_conv > 0, "mamba: d_model ", d_model,
+           ", expand ", cfg.expand, ", d_state ", cfg.d_state, ", d_conv ", cfg.d_conv, ": expected all > 0");
+  ST_CHECK(cfg.dt_min > 0 && cfg.dt_min <= cfg.dt_max && cfg.dt_init_floor > 0, "mamba: dt_min ", cfg.dt_min,
+           ", dt_max ", cfg.dt_max, ", dt_init_floor ", cfg.dt_init_floor,
+           ": expected 0 < dt_min <= dt_max and dt_init_floor > 0");
+  // No weight decay on the SSM dynamics (reference/layers.md §12); their initial values are set by
+  // init_ssm_parameters.
+  A_log_ = &add_parameter("A_log", {E_, N_}, Init::zeros(), false);
+  D_ = &add_parameter("D", {E_}, Init::ones(), false);
+  in_proj_ = add_module("in_proj", std::make_shared<Linear>(d_model, 2 * E_, bias, init_std));
+  // PyTorch's default Conv1d init: U(+-1/sqrt(fan_in)), fan_in = K for a depthwise kernel.
+  auto conv = add_module("conv1d", std::make_shared<ParameterGroup>());
+  const double conv_bound = 1.0 / std::sqrt(double(K_));
+  conv_weight_ = conv->add("weight", {E_, K_}, Init::uniform(-conv_bound, conv_bound), true);
+  if (cfg.conv_bias) conv_bias_ = conv->add("bias", {E_}, Init::uniform(-conv_bound, conv_bound), false);
+  x_proj_ = add_module("x_proj", std::make_shared<Linear>(E_, R_ + 2 * N_, false, init_std));
+  // mamba_ssm's dt_init="random" with dt_scale 1: keeps the initial delta O(1) whatever R is.
+  auto dt_proj = add_module("dt_proj", std::make_shared<ParameterGroup>());
+  const double dt_bound = 1.0 / std::sqrt(double(R_));
+  dt_weight_ = dt_proj->add("weight", {E_, R_}, Init::uniform(-dt_bound, dt_bound), true);
+  dt_bias_ = dt_proj->add("bias", {E_}, Init::zeros(), false);
+  out_proj_ = add_module("out_proj", std::make_shared<Linear>(E_, d_model, bias, out_std));
+}
+
+Tensor mamba_a_log_init(int64_t E, int64_t N) {
+  std::vector<double> v(size_t(E * N));
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t n = 0; n < N; ++n) v[size_t(e * N + n)] = std::log(double(n + 1));
+  return Tensor::from_vector(v, {E, N}, DType::F32);
+}
+
+Tensor mamba_dt_bias_init(int64_t E, const train::MambaConfig& cfg, uint64_t seed, uint64_t stream) {
+  std::vector<double> v =
+      Tensor::uniform({E}, std::log(cfg.dt_min), std::log(cfg.dt_max), seed, stream, DType::F64).to_vector();
+  for (double& x : v) {
+    const double dt = std::max(std::exp(x), cfg.dt_init_floor);
+    x = dt + std::log(-std::expm1(-dt));  // inverse of softplus: softplus(x) == dt
+  }
+  return Tensor::from_vector(v, {E}, DType::F32);
+}
+
+void MambaMixer::init_ssm_parameters(uint64_t seed, uint64_t stream) {
+  A_log_->copy_(mamba_a_log_init(E_, N_));
+  dt_bias_->copy_(mamba_dt_bias_init(E_, cfg_, seed, stream));
+}
+
+Tensor MambaMixer::mix(const Tensor& x, ConvAndScanState* state) {
+  ST_CHECK(x.dim() == 3 && x.size(2) == out_proj_->weight().size(0), "mamba: x ", x.desc(), " must be [B, T, ",
+           out_proj_->weight().size(0), "]");
+  const DType compute = x.dtype(), sd = state_dtype(compute);
+  const int64_t T = x.size(1), history = K_ - 1;
+  std::vector<Tensor> xz = split(in_proj_->forward(x), {E_, E_}, 2);  // x, z [B, T, E]
+  // With a state, the convolution runs over [history, new tokens] and the history's outputs are dropped.
+  const bool with_history = state && history > 0;
+  Tensor conv_in = with_history ? concat({state->conv, xz[0]}, 1) : xz[0];  // [B, history + T, E] or [B, T, E]
+  Tensor xc = causal_conv1d(conv_in, compute_weight(*conv_weight_, compute),
+                            conv_bias_ ? compute_weight(*conv_bias_, compute) : Tensor());
+  if (with_history) {
+    state->conv = conv_in.detach().slice(1, T, T + history).contiguous();
+    xc = slice(xc, 1, history, history + T);
+  }
+  xc = silu(xc);                                                               // [B, T, E]
+  std::vector<Tensor> dbc = split(x_proj_->forward(xc), {R_, N_, N_}, 2);     // dt [B, T, R], B, C [B, T, N]
+  Tensor delta = linear(dbc[0], compute_weight(*dt_weight_, compute));        // [B, T, E], bias in the scan
+  Tensor A = neg(exp(compute_weight(*A_log_, sd)));                            // [E, N]
+  Tensor h_final;
+  Tensor y = selective_scan(xc, delta, A, dbc[1], dbc[2], compute_weight(*D_, sd), xz[1],
+                            compute_weight(*dt_bias_, sd), true, state ? state->ssm : Tensor(),
+                            state ? &h_final : nullptr);
+  if (state) state->ssm = h_final.detach();
+  return out_proj_->forward(y);
+}
+
+Tensor MambaMixer::forward(const Tensor& x) { return mix(x, nullptr); }
+
+std::unique_ptr<MixerState> MambaMixer::make_state(int64_t batch, int64_t max_len, DType dtype, Device device) {
+  auto s = std::make_unique<ConvAndScanState>();
+  s->conv = Tensor::zeros({batch, K_ - 1, E_}, dtype, device);
+  s->ssm = Tensor::zeros({batch, E_, N_}, state_dtype(dtype), device);
+  return s;
+}
+
+Tensor MambaMixer::step(MixerState& state, const Tensor& x) {
+  auto& s = dynamic_cast<ConvAndScanState&>(state);
+  ST_CHECK(x.dim() == 3 && x.size(0) == s.ssm.size(0) && x.size(1) >= 1, "mamba step: x ", x.desc(),
+           " must be [B, T >= 1, D] with B = ", s.ssm.size(0), " (the state's batch)");
+  return mix(x, &s);
+}
+
+std::shared_ptr<Mixer> make_mamba_mixer(const MixerArgs& args) {
+  const train::ModelConfig& m = args.model;
+  return std::make_shared<MambaMixer>(m.d_model, m.mamba, m.bias, m.init_std, args.out_std);
+}
+
+}  // namespace seqtrain

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Data parallelism through the real binary under mpirun, on the KJV shards with
+# configs/runs/smoke.yaml. Usage: tests/mpi/mpi_e2e.sh CASE SEQTRAIN_BINARY SOURCE_DIR MPIRUN
+#   dp_equals_single  mpirun -np 2 trains to the same losses (metrics.jsonl) as one process
+#   rank_exception    rank 1 throws at step 3 (test hook SEQTRAIN_TEST_FAIL_RANK/STEP, train/trainer.h)
+#   rank_killed       rank 1 is killed with SIGKILL mid-run
+# The failure cases require the whole job to end within 60 s, non-zero, with a message naming rank 1.
+set -uo pipefail
+case_name=$1 bin=$2 src=$3 mpirun=$4
+smoke="$src/configs/runs/smoke.yaml"
+train_bin="$src/data/kjv/train.bin" val_bin="$src/data/kjv/val.bin"
+tmp=$(mktemp -d /tmp/seqtrain-mpi.XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+cd "$tmp"
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+[[ -s "$train_bin" && -s "$val_bin" ]] || fail "KJV shards missing in $src/data/kjv: run scripts/setup.sh"
+common=(--set "data.train=$train_bin" --set "data.val=$val_bin" --set run.device=cpu --set training.steps=10
+        --set training.eval_every=5)
+launch() { "$mpirun" -np "$1" --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 "${@:2}"; }
+
+case $case_name in
+dp_equals_single)
+  "$bin" train "$smoke" "${common[@]}" --set run.dir=single >single.txt 2>&1 || fail "single run: $(tail -5 single.txt)"
+  launch 2 "$bin" train "$smoke" "${common[@]}" --set run.dir=dp2 >dp2.txt 2>&1 || fail "dp=2 run: $(tail -5 dp2.txt)"
+  python3 - single/metrics.jsonl dp2/metrics.jsonl <<'PY' || fail "losses differ"
+import json, sys
+def losses(path, kind):
+    return {(r["step"]): r["loss"] for r in map(json.loads, open(path)) if r["kind"] == kind}
+for kind, count in (("train", 10), ("eval", 2)):
+    a, b = losses(sys.argv[1], kind), losses(sys.argv[2], kind)
+    if len(a) != count or sorted(a) != sorted(b):
+        sys.exit(f"{kind}: steps {sorted(a)} vs {sorted(b)}")
+    worst = max(abs(a[s] - b[s]) / abs(a[s]) for s in a)
+    print(f"{kind}: {count} losses, worst relative difference {worst:.2e}")
+    if worst > 1e-6:
+        sys.exit(f"{kind} losses differ by {worst:.2e} relative")
+PY
+  [[ $(grep -c '"kind": "train"' dp2/metrics.jsonl) -eq 10 ]] || fail "metrics.jsonl written by more than one rank"
+  [[ -f dp2/logs/rank-0.log && -f dp2/logs/rank-1.log ]] || fail "expected logs/rank-0.log and rank-1.log: $(ls dp2/logs)"
+  grep -q "data-parallel ranks" dp2/logs/rank-1.log || fail "rank-1.log lacks the run line"
+  [[ $(grep -c "step      5/10" dp2.txt) -eq 1 ]] || fail "the console should show rank 0's lines once: $(cat dp2.txt)"
+  grep -qs "dp=2" <("$bin" inspect dp2/checkpoints/step-00000010.h5) || fail "checkpoint lacks mesh dp=2"
+  # Resuming the dp=2 checkpoint in one process continues the run (global tensors, global position).
+  "$bin" train "$smoke" "${common[@]}" --set run.dir=dp2 --set training.steps=12 >resume.txt 2>&1 || fail "resume on dp=1"
+  grep -q "resumed from dp2/checkpoints/step-00000010.h5 at step 10" dp2/logs/rank-0.log || fail "no resume"
+  echo "ok  mpirun -np 2 equals the single process; rank logs, one metrics writer, dp=2 checkpoint resumes at dp=1"
+  ;;
+rank_exception)
+  start=$(date +%s)
+  SEQTRAIN_TEST_FAIL_RANK=1 SEQTRAIN_TEST_FAIL_STEP=3 timeout 90 "$mpirun" -np 2 --oversubscribe --bind-to none \
+    -x OMP_NUM_THREADS=1 -x SEQTRAIN_TEST_FAIL_RANK -x SEQTRAIN_TEST_FAIL_STEP \
+    "$bin" train "$smoke" "${common[@]}" --set training.steps=1000 --set run.dir=run >out.txt 2>err.txt
+  status=$? elapsed=$(( $(date +%s) - start ))
+  [[ $status -ne 0 ]] || fail "exit status 0 although rank 1 failed"
+  [[ $status -ne 124 && $elapsed -le 60 ]] || fail "the job took ${elapsed}s (status $status) to end"
+  grep -q "rank 1 of 2: error: .*test hook SEQTRAIN_TEST_FAIL_STEP: rank 1 fails at step 3" err.txt \
+    || fail "stderr does not name rank 1 and the cause: $(cat err.txt)"
+  echo "ok  rank 1 threw at step 3: job ended in ${elapsed}s with status $status: $(grep 'rank 1 of 2' err.txt)"
+  ;;
+rank_killed)
+  launch 2 "$bin" train "$smoke" "${common[@]}" --set training.steps=100000 --set run.dir=run >out.txt 2>err.txt &
+  mpirun_pid=$!
+  for _ in $(seq 1200); do grep -qs '"step": 3,' run/metrics.jsonl && break; sleep 0.05; done
+  grep -qs '"step": 3,' run/metrics.jsonl || fail "the run did not reach step 3: $(cat err.txt)"
+  victim=""
+  for pid in $(pgrep -f -- "--set run.dir=run"); do
+    [[ $pid == "$mpirun_pid" ]] && continue
+    tr '\0' '\n' </proc/$pid/environ 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=1" && victim=$pid
+  done
+  [[ -n $victim ]] || fail "no process with OMPI_COMM_WORLD_RANK=1 found"
+  start=$(date +%s)
+  kill -9 "$victim"
+  for _ in $(seq 600); do kill -0 "$mpirun_pid" 2>/dev/null || break; sleep 0.1; done
+  elapsed=$(( $(date +%s) - start ))
+  if kill -0 "$mpirun_pid" 2>/dev/null; then kill -9 "$mpirun_pid"; fail "the job was still running 60 s after the kill"; fi
+  wait "$mpirun_pid"; status=$?
+  [[ $status -ne 0 ]] || fail "exit status 0 although rank 1 was killed"
+  grep -q "process rank 1 with PID .* signal 9" err.txt || fail "stderr does not name rank 1 and the signal: $(cat err.txt)"
+  echo "ok  killed rank 1 (pid $victim): job ended in ${elapsed}s with status $status: $(grep -o 'process rank 1.*' err.txt | head -1)"
+  ;;
+*) fail "unknown case $case_name" ;;
+esac
