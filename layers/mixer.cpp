@@ -1,7 +1,10 @@
 #include "layers/mixer.h"
 
 #include "core/error.h"
+#include "layers/aaren/aaren.h"
 #include "layers/attention/attention.h"
+#include "layers/hedgehog/hedgehog.h"
+#include "layers/mamba/mamba.h"
 
 namespace seqtrain {
 
@@ -10,6 +13,9 @@ namespace seqtrain {
 const std::map<std::string, MixerFactory>& mixer_registry() {
   static const std::map<std::string, MixerFactory> registry = {
       {"attn", make_attention_mixer},
+      {"mamba", make_mamba_mixer},
+      {"hedgehog", make_hedgehog_mixer},
+      {"aaren", make_aaren_mixer},
   };
   return registry;
 }

@@ -51,6 +51,7 @@ void Module::init_parameters(uint64_t seed) {
       case Init::Kind::Uniform: fresh = Tensor::uniform(v.shape(), in.a, in.b, seed, name_hash(name), DType::F32, v.device()); break;
       case Init::Kind::Zeros: fresh = Tensor::zeros(v.shape(), DType::F32, v.device()); break;
       case Init::Kind::Ones: fresh = Tensor::ones(v.shape(), DType::F32, v.device()); break;
+      case Init::Kind::Custom: fresh = in.values(v.shape(), seed, name_hash(name)); break;
     }
     v.copy_(fresh);
   }

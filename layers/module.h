@@ -15,13 +15,18 @@ namespace seqtrain {
 // How a parameter is initialised. Draws are Philox streams keyed by (seed, hash of the full
 // parameter name), so initialisation does not depend on construction order or on sharding.
 struct Init {
-  enum class Kind { Normal, Zeros, Ones, Uniform };
+  enum class Kind { Normal, Zeros, Ones, Uniform, Custom };
+  // Custom: f32 CPU values of the parameter's shape from (seed, stream = hash of the full name),
+  // for layer-specific deterministic inits (Mamba's A_log and dt_proj.bias).
+  using Values = std::function<Tensor(const Shape& shape, uint64_t seed, uint64_t stream)>;
   Kind kind = Kind::Normal;
   double a = 0.0, b = 0.02;  // Normal: mean a, std b; Uniform: [a, b)
-  static Init normal(double std) { return {Kind::Normal, 0.0, std}; }
-  static Init zeros() { return {Kind::Zeros, 0, 0}; }
-  static Init ones() { return {Kind::Ones, 0, 0}; }
-  static Init uniform(double lo, double hi) { return {Kind::Uniform, lo, hi}; }
+  Values values;
+  static Init normal(double std) { return {Kind::Normal, 0.0, std, nullptr}; }
+  static Init zeros() { return {Kind::Zeros, 0, 0, nullptr}; }
+  static Init ones() { return {Kind::Ones, 0, 0, nullptr}; }
+  static Init uniform(double lo, double hi) { return {Kind::Uniform, lo, hi, nullptr}; }
+  static Init custom(Values f) { return {Kind::Custom, 0, 0, std::move(f)}; }
 };
 
 struct Parameter {

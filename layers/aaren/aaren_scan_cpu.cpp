@@ -148,7 +148,7 @@ void backward_impl(const AarenScanDims& a, const Tensor& scores, const Tensor& v
       dS[row] = p * (v_r - Q);
       m_next = mt;
     }
-    
+    if (argmax >= 0) dS[(b * T + argmax) * H + h] += gm;
     if (initial) {
       const A g0 = rescale(M0[bh], m_next);
       A* dN0 = g.dinitial.num.data<A>() + bh * d;

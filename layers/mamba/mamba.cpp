@@ -33,16 +33,16 @@ MambaMixer::MambaMixer(int64_t d_model, const train::MambaConfig& cfg, bool bias
     : E_(cfg.expand * d_model),
       N_(cfg.d_state),
       K_(cfg.d_conv),
-      R_(cfg.dt_rank > 0 ? cfg.dt_rank : (d_model + 15) / 16),
-      cfg_(cfg) {
+      R_(cfg.dt_rank > 0 ? cfg.dt_rank : (d_model + 15) / 16) {
   ST_CHECK(d_model > 0 && cfg.expand > 0 && cfg.d_state > 0 && cfg.d_conv > 0, "mamba: d_model ", d_model,
            ", expand ", cfg.expand, ", d_state ", cfg.d_state, ", d_conv ", cfg.d_conv, ": expected all > 0");
   ST_CHECK(cfg.dt_min > 0 && cfg.dt_min <= cfg.dt_max && cfg.dt_init_floor > 0, "mamba: dt_min ", cfg.dt_min,
            ", dt_max ", cfg.dt_max, ", dt_init_floor ", cfg.dt_init_floor,
            ": expected 0 < dt_min <= dt_max and dt_init_floor > 0");
-  // No weight decay on the SSM dynamics (reference/layers.md §12); their initial values are set by
-  // init_ssm_parameters.
-  A_log_ = &add_parameter("A_log", {E_, N_}, Init::zeros(), false);
+  // No weight decay on the SSM dynamics (reference/layers.md §12).
+  A_log_ = &add_parameter("A_log", {E_, N_},
+                          Init::custom([](const Shape& s, uint64_t, uint64_t) { return mamba_a_log_init(s[0], s[1]); }),
+                          false);
   D_ = &add_parameter("D", {E_}, Init::ones(), false);
   in_proj_ = add_module("in_proj", std::make_shared<Linear>(d_model, 2 * E_, bias, init_std));
   // PyTorch's default Conv1d init: U(+-1/sqrt(fan_in)), fan_in = K for a depthwise kernel.
@@ -55,7 +55,10 @@ MambaMixer::MambaMixer(int64_t d_model, const train::MambaConfig& cfg, bool bias
   auto dt_proj = add_module("dt_proj", std::make_shared<ParameterGroup>());
   const double dt_bound = 1.0 / std::sqrt(double(R_));
   dt_weight_ = dt_proj->add("weight", {E_, R_}, Init::uniform(-dt_bound, dt_bound), true);
-  dt_bias_ = dt_proj->add("bias", {E_}, Init::zeros(), false);
+  dt_bias_ = dt_proj->add("bias", {E_}, Init::custom([cfg](const Shape& s, uint64_t seed, uint64_t stream) {
+                            return mamba_dt_bias_init(s[0], cfg, seed, stream);
+                          }),
+                          false);
   out_proj_ = add_module("out_proj", std::make_shared<Linear>(E_, d_model, bias, out_std));
 }
 
@@ -74,11 +77,6 @@ Tensor mamba_dt_bias_init(int64_t E, const train::MambaConfig& cfg, uint64_t see
     x = dt + std::log(-std::expm1(-dt));  // inverse of softplus: softplus(x) == dt
   }
   return Tensor::from_vector(v, {E}, DType::F32);
-}
-
-void MambaMixer::init_ssm_parameters(uint64_t seed, uint64_t stream) {
-  A_log_->copy_(mamba_a_log_init(E_, N_));
-  dt_bias_->copy_(mamba_dt_bias_init(E_, cfg_, seed, stream));
 }
 
 Tensor MambaMixer::mix(const Tensor& x, ConvAndScanState* state) {

@@ -35,11 +35,6 @@ class MambaMixer : public Mixer {
   std::unique_ptr<MixerState> make_state(int64_t batch, int64_t max_len, DType dtype, Device device) override;
   Tensor step(MixerState& state, const Tensor& x) override;
 
-  // Sets A_log and dt_proj.bias to mamba_ssm's initial values (Init has no kind for them, so
-  // init_parameters leaves them at zero): call after init_parameters. `stream` keys the Philox draws
-  // of dt_proj.bias (e.g. name_hash of its full name).
-  void init_ssm_parameters(uint64_t seed, uint64_t stream);
-
   int64_t inner_dim() const { return E_; }
   int64_t dt_rank() const { return R_; }
 
@@ -49,7 +44,6 @@ class MambaMixer : public Mixer {
   Tensor mix(const Tensor& x, ConvAndScanState* state);
 
   int64_t E_, N_, K_, R_;
-  train::MambaConfig cfg_;
   std::shared_ptr<Linear> in_proj_, x_proj_, out_proj_;
   Tensor* conv_weight_;  // [E, K]
   Tensor* conv_bias_ = nullptr;  // [E]

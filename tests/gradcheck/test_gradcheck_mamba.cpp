@@ -70,7 +70,6 @@ TEST(GradcheckMamba, MixerInputAndParameters) {
   cfg.expand = 2;
   MambaMixer mixer(4, cfg, /*bias=*/true, 0.4, 0.4);
   mixer.init_parameters(11);
-  mixer.init_ssm_parameters(11, name_hash("dt_proj.bias"));
   Inputs in{random_tensor({2, 5, 4}).set_requires_grad(true)};
   uint64_t salt = 100;
   for (auto& [name, p] : mixer.named_parameters()) {

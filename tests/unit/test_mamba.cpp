@@ -225,7 +225,6 @@ train::MambaConfig small_config() {
 std::shared_ptr<MambaMixer> make_initialised(int64_t d_model, const train::MambaConfig& cfg, bool bias) {
   auto m = std::make_shared<MambaMixer>(d_model, cfg, bias, 0.5, 0.5);
   m->init_parameters(7);
-  m->init_ssm_parameters(7, name_hash("dt_proj.bias"));
   return m;
 }
 
