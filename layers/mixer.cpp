@@ -1,5 +1,7 @@
 #include "layers/mixer.h"
 
+#include <cctype>
+
 #include "core/error.h"
 #include "layers/aaren/aaren.h"
 #include "layers/attention/attention.h"
@@ -13,11 +15,63 @@ namespace seqtrain {
 const std::map<std::string, MixerFactory>& mixer_registry() {
   static const std::map<std::string, MixerFactory> registry = {
       {"attn", make_attention_mixer},
+      {"swa", make_sliding_window_attention_mixer},
       {"mamba", make_mamba_mixer},
       {"hedgehog", make_hedgehog_mixer},
       {"aaren", make_aaren_mixer},
   };
   return registry;
+}
+
+namespace {
+const std::pair<char, const char*> kMixerLetters[] = {
+    {'A', "attn"}, {'S', "swa"}, {'M', "mamba"}, {'D', "mamba2"}, {'H', "hedgehog"}, {'R', "aaren"}, {'T', "titans"},
+};
+}  // namespace
+
+char mixer_letter(const std::string& type) {
+  for (auto [letter, name] : kMixerLetters)
+    if (type == name) return letter;
+  return '?';
+}
+
+std::vector<std::string> parse_mixer_code(const std::string& code) {
+  std::vector<std::string> layers;
+  std::vector<std::string> run_layers;  // the current run's letters, as mixer names
+  auto close_run = [&](int64_t repeat) {
+    for (int64_t r = 0; r < repeat; ++r) layers.insert(layers.end(), run_layers.begin(), run_layers.end());
+    run_layers.clear();
+  };
+  const std::string times = "\xc3\x97";  // "×" in UTF-8
+  for (size_t i = 0; i < code.size();) {
+    const char c = code[i];
+    if (c == '+') {
+      ST_CHECK(!run_layers.empty(), "mixer code '", code, "': empty run before '+' at position ", i);
+      close_run(1);
+      ++i;
+    } else if (code.compare(i, times.size(), times) == 0 || c == 'x' || c == '*') {
+      i += code.compare(i, times.size(), times) == 0 ? times.size() : 1;
+      size_t digits = i;
+      while (digits < code.size() && std::isdigit(static_cast<unsigned char>(code[digits]))) ++digits;
+      ST_CHECK(digits > i && !run_layers.empty(), "mixer code '", code, "': expected letters then a count like MMA×4");
+      close_run(std::stoll(code.substr(i, digits - i)));
+      i = digits;
+      ST_CHECK(i == code.size() || code[i] == '+', "mixer code '", code, "': expected '+' or the end after a count, at position ", i);
+      if (i < code.size()) ++i;
+    } else {
+      const char* name = nullptr;
+      for (auto [letter, n] : kMixerLetters)
+        if (c == letter) name = n;
+      ST_CHECK(name, "mixer code '", code, "': unknown letter '", std::string(1, c), "' at position ", i,
+               "; expected A (attn), S (swa), M (mamba), D (mamba2), H (hedgehog), R (aaren), T (titans)");
+      run_layers.push_back(name);
+      ++i;
+    }
+  }
+  ST_CHECK(code.empty() || code.back() != '+', "mixer code '", code, "': ends with '+'; expected letters after it");
+  close_run(1);
+  ST_CHECK(!layers.empty(), "mixer code '", code, "' names no layer");
+  return layers;
 }
 
 std::shared_ptr<Mixer> make_mixer(const std::string& type, const MixerArgs& args) {

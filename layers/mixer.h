@@ -41,6 +41,15 @@ using MixerFactory = std::function<std::shared_ptr<Mixer>(const MixerArgs&)>;
 
 // Mixer types by config name ("attn", ...).
 const std::map<std::string, MixerFactory>& mixer_registry();
+
+// One letter per mixer type for compact stack codes ("MMHA", "MMA×4+A"): A attn, S swa, M mamba,
+// D mamba2 (SSD, state-space duality), H hedgehog, R aaren (attention as an RNN), T titans.
+// '?' for a type without a letter.
+char mixer_letter(const std::string& type);
+// The per-layer list a code stands for: runs of letters joined by '+', each optionally repeated
+// with "×N" (or "xN"/"*N"): "MMA×2+H" = [mamba, mamba, attn, mamba, mamba, attn, hedgehog].
+// Throws seqtrain::Error naming the code and the offending character.
+std::vector<std::string> parse_mixer_code(const std::string& code);
 std::shared_ptr<Mixer> make_mixer(const std::string& type, const MixerArgs& args);
 
 }  // namespace seqtrain

@@ -263,6 +263,10 @@ void fields(V& v, AttnConfig& c) {
   v("rope_theta", c.rope_theta);
 }
 template <typename V>
+void fields(V& v, SwaConfig& c) {
+  v("window", c.window);
+}
+template <typename V>
 void fields(V& v, MambaConfig& c) {
   v("d_state", c.d_state);
   v("d_conv", c.d_conv);
@@ -294,10 +298,12 @@ void fields(V& v, ModelConfig& c) {
   v("max_seq_len", c.max_seq_len);
   v("pattern", c.pattern);
   v("layers", c.layers);
+  v("code", c.code);
   v("norm", c.norm);
   v("norm_eps", c.norm_eps);
   v("mlp", c.mlp);
   v("attn", c.attn);
+  v("swa", c.swa);
   v("mamba", c.mamba);
   v("hedgehog", c.hedgehog);
   v("aaren", c.aaren);
@@ -518,6 +524,8 @@ std::vector<fs::path> preset_dirs(const std::optional<fs::path>& config_dir) {
 // drop the preset's first, or the preset would silently override the run.
 const std::pair<std::vector<std::string>, std::vector<std::string>> kPresetAlternatives[] = {
     {{"layers"}, {"pattern"}},
+    {{"code"}, {"pattern"}},
+    {{"code"}, {"layers"}},
     {{"mlp", "hidden"}, {"mlp", "mult"}},
 };
 
@@ -639,7 +647,19 @@ void validate(const Config& c, const Context& ctx) {
   check.positive("model.d_model", m.d_model);
   check.positive("model.n_layers", m.n_layers);
   check.positive("model.max_seq_len", m.max_seq_len);
-  if (m.layers.empty()) {
+  if (!m.code.empty()) {
+    check.check(m.layers.empty(), "model.code", "given together with model.layers; expected one of the two");
+    try {
+      std::vector<std::string> from_code = parse_mixer_code(m.code);
+      check.check(static_cast<int64_t>(from_code.size()) == m.n_layers, "model.code",
+                  str_cat("'", m.code, "' has ", from_code.size(), " layers but model.n_layers is ", m.n_layers,
+                          "; expected one letter per layer"));
+    } catch (const ConfigError&) {
+      throw;
+    } catch (const Error& e) {
+      check.check(false, "model.code", e.what());
+    }
+  } else if (m.layers.empty()) {
     check.check(!m.pattern.empty(), "model.pattern", "is empty; expected at least one mixer type");
     validate_mixers(check, "model.pattern", m.pattern);
   } else {
@@ -673,6 +693,7 @@ void validate(const Config& c, const Context& ctx) {
                         " (the learned position table); expected at most that"));
   }
   check.non_negative("model.attn.window", m.attn.window);
+  check.positive("model.swa.window", m.swa.window);
   check.positive("model.mamba.d_state", m.mamba.d_state);
   check.positive("model.mamba.d_conv", m.mamba.d_conv);
   check.positive("model.mamba.expand", m.mamba.expand);
@@ -834,6 +855,13 @@ std::string to_yaml(const Config& config) {
 // ---- ModelConfig ---------------------------------------------------------------------------------
 
 std::vector<std::string> ModelConfig::resolved_layers() const {
+  if (!code.empty()) {
+    std::vector<std::string> out = parse_mixer_code(code);
+    if (static_cast<int64_t>(out.size()) != n_layers)
+      throw ConfigError(str_cat("model.code: '", code, "' has ", out.size(), " layers but model.n_layers is ", n_layers,
+                                "; expected one letter per layer"));
+    return out;
+  }
   if (!layers.empty()) {
     if (static_cast<int64_t>(layers.size()) != n_layers)
       throw ConfigError(str_cat("model.layers: has ", layers.size(), " entries but model.n_layers is ", n_layers,
@@ -849,7 +877,7 @@ std::vector<std::string> ModelConfig::resolved_layers() const {
 std::string ModelConfig::layers_code() const {
   std::string letters;
   for (const std::string& type : resolved_layers())
-    letters += static_cast<char>(std::toupper(static_cast<unsigned char>(type.empty() ? '?' : type[0])));
+    letters += mixer_letter(type);
 
   // Greedy from the left: at each position take the period whose repeats cover the most layers
   // (the shortest such period on ties); letters that start no repeat are kept as they are.
@@ -896,6 +924,7 @@ bool operator==(const AttnConfig& a, const AttnConfig& b) {
   return std::tie(a.n_heads, a.n_kv_heads, a.pos, a.window, a.rope_theta) ==
          std::tie(b.n_heads, b.n_kv_heads, b.pos, b.window, b.rope_theta);
 }
+bool operator==(const SwaConfig& a, const SwaConfig& b) { return a.window == b.window; }
 bool operator==(const MambaConfig& a, const MambaConfig& b) {
   return std::tie(a.d_state, a.d_conv, a.expand, a.dt_rank, a.dt_min, a.dt_max, a.dt_init_floor, a.conv_bias) ==
          std::tie(b.d_state, b.d_conv, b.expand, b.dt_rank, b.dt_min, b.dt_max, b.dt_init_floor, b.conv_bias);
@@ -906,10 +935,10 @@ bool operator==(const HedgehogConfig& a, const HedgehogConfig& b) {
 bool operator==(const AarenConfig& a, const AarenConfig& b) { return a.n_heads == b.n_heads; }
 bool operator==(const ModelConfig& a, const ModelConfig& b) {
   return std::tie(a.preset, a.vocab_size, a.vocab_pad_to, a.d_model, a.n_layers, a.max_seq_len, a.pattern, a.layers,
-                  a.norm, a.norm_eps, a.mlp, a.attn, a.mamba, a.hedgehog, a.aaren, a.tie_embeddings, a.bias,
+                  a.code, a.norm, a.norm_eps, a.mlp, a.attn, a.swa, a.mamba, a.hedgehog, a.aaren, a.tie_embeddings, a.bias,
                   a.init_std) ==
          std::tie(b.preset, b.vocab_size, b.vocab_pad_to, b.d_model, b.n_layers, b.max_seq_len, b.pattern, b.layers,
-                  b.norm, b.norm_eps, b.mlp, b.attn, b.mamba, b.hedgehog, b.aaren, b.tie_embeddings, b.bias,
+                  b.code, b.norm, b.norm_eps, b.mlp, b.attn, b.swa, b.mamba, b.hedgehog, b.aaren, b.tie_embeddings, b.bias,
                   b.init_std);
 }
 bool operator==(const DataConfig& a, const DataConfig& b) { return std::tie(a.train, a.val) == std::tie(b.train, b.val); }

@@ -41,6 +41,11 @@ struct AttnConfig {
   double rope_theta = 10000;
 };
 
+// `swa` layers: causal attention (with the attn settings) restricted to the last `window` tokens.
+struct SwaConfig {
+  int64_t window = 256;
+};
+
 // Mamba-1 (mamba_ssm's Mamba module): E = expand * d_model inner channels, N = d_state.
 struct MambaConfig {
   int64_t d_state = 16;
@@ -74,10 +79,12 @@ struct ModelConfig {
   int64_t max_seq_len = 1024;  // size of the learned position table
   std::vector<std::string> pattern = {"attn"};  // mixer types, tiled over n_layers
   std::vector<std::string> layers;              // one mixer type per layer; overrides `pattern`
+  std::string code;  // compact per-layer code ("MMHA", "MMA×4"; layers/mixer.h); overrides both
   std::string norm = "rmsnorm";                 // rmsnorm | layernorm
   double norm_eps = 1e-5;
   MlpConfig mlp;
   AttnConfig attn;
+  SwaConfig swa;
   MambaConfig mamba;
   HedgehogConfig hedgehog;
   AarenConfig aaren;
@@ -164,6 +171,7 @@ struct Config {
 bool operator==(const RunConfig& a, const RunConfig& b);
 bool operator==(const MlpConfig& a, const MlpConfig& b);
 bool operator==(const AttnConfig& a, const AttnConfig& b);
+bool operator==(const SwaConfig& a, const SwaConfig& b);
 bool operator==(const MambaConfig& a, const MambaConfig& b);
 bool operator==(const HedgehogConfig& a, const HedgehogConfig& b);
 bool operator==(const AarenConfig& a, const AarenConfig& b);

@@ -66,11 +66,20 @@ Tensor AttentionMixer::step(MixerState& state, const Tensor& x) {
   return output(o);
 }
 
-std::shared_ptr<Mixer> make_attention_mixer(const MixerArgs& args) {
+namespace {
+std::shared_ptr<Mixer> make_attention_with_window(const MixerArgs& args, int64_t window) {
   const train::ModelConfig& m = args.model;
-  int64_t kv = m.attn.n_kv_heads > 0 ? m.attn.n_kv_heads : m.attn.n_heads;
-  return std::make_shared<AttentionMixer>(m.d_model, m.attn.n_heads, kv, m.attn.window, m.attn.pos == "rope",
+  return std::make_shared<AttentionMixer>(m.d_model, m.attn.n_heads, m.kv_heads(), window, m.attn.pos == "rope",
                                           m.attn.rope_theta, m.bias, m.init_std, args.out_std);
+}
+}  // namespace
+
+std::shared_ptr<Mixer> make_attention_mixer(const MixerArgs& args) {
+  return make_attention_with_window(args, args.model.attn.window);
+}
+
+std::shared_ptr<Mixer> make_sliding_window_attention_mixer(const MixerArgs& args) {
+  return make_attention_with_window(args, args.model.swa.window);
 }
 
 }  // namespace seqtrain

@@ -37,5 +37,7 @@ class AttentionMixer : public Mixer {
 };
 
 std::shared_ptr<Mixer> make_attention_mixer(const MixerArgs& args);
+// `swa`: the same layer with the window of model.swa.window (for hybrids of local and global attention).
+std::shared_ptr<Mixer> make_sliding_window_attention_mixer(const MixerArgs& args);
 
 }  // namespace seqtrain

@@ -15,6 +15,7 @@
 #include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/generate.h"
+#include "train/layer_run.h"
 #include "train/trainer.h"
 
 using namespace seqtrain;
@@ -30,6 +31,7 @@ const char* kUsage =
     "  prepare-data --text FILE --out DIR [--val-fraction F]\n"
     "  inspect CHECKPOINT.h5\n"
     "  bench CONFIG.yaml [--steps N] [--warmup N] [--set key=value ...]\n"
+    "  layer-run CASE.h5 OUT.h5                  run one layer on given weights and inputs\n"
     "\n"
     "Run 'seqtrain <command> --help' for a command's options.\n";
 
@@ -226,6 +228,31 @@ int cmd_bench(int argc, char** argv) {
   return 0;
 }
 
+int cmd_layer_run(int argc, char** argv) {
+  Args a(argc, argv, 2, {});
+  if (a.help) {
+    std::printf("usage: seqtrain layer-run CASE.h5 OUT.h5\n\n"
+                "Runs one layer forward, and backward when the case holds an upstream gradient, on the\n"
+                "weights and inputs in CASE.h5, and writes OUT.h5. For checking layers against other\n"
+                "implementations; scripts/export_layer_case.py writes cases from PyTorch.\n\n"
+                "CASE.h5: attributes layer (a mixer type: attn, mamba, hedgehog, aaren; or block =\n"
+                "norm1, mixer, norm2, mlp with the residuals), dtype (f32 | f64), device (cpu | cuda);\n"
+                "dataset config (YAML: a `model:` section, or the bare mapping of model settings);\n"
+                "params/<name>, one dataset per parameter as docs/layers.md names and shapes them;\n"
+                "inputs/x [B, T, D]; optional inputs/grad_y [B, T, D].\n"
+                "OUT.h5: outputs/y (a mixer's output has no residual); with grad_y also grads/x and\n"
+                "grads/params/<name> for every parameter (zeros where no gradient arrived).\n");
+    return 0;
+  }
+  if (a.positional.size() != 2) throw UsageError("layer-run takes CASE.h5 and OUT.h5");
+  train::LayerRunSummary s = train::run_layer_case(a.positional[0], a.positional[1]);
+  const std::string layer = s.layer == "block" ? "block (" + s.mixer + ")" : s.layer;
+  std::printf("layer-run %s: %s %s, %lld parameters, %s -> %s\n", layer.c_str(), dtype_name(s.dtype),
+              s.device.str().c_str(), (long long)s.parameters, s.backward ? "forward and backward" : "forward",
+              a.positional[1].c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -236,7 +263,7 @@ int main(int argc, char** argv) {
   const std::string cmd = argv[1];
   const std::map<std::string, int (*)(int, char**)> commands = {
       {"train", cmd_train}, {"generate", cmd_generate}, {"prepare-data", cmd_prepare},
-      {"inspect", cmd_inspect}, {"bench", cmd_bench}};
+      {"inspect", cmd_inspect}, {"bench", cmd_bench}, {"layer-run", cmd_layer_run}};
   auto it = commands.find(cmd);
   if (it == commands.end()) {
     std::fprintf(stderr, "seqtrain: unknown command '%s'\n%s", cmd.c_str(), kUsage);
