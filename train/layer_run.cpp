@@ -235,9 +235,10 @@ H5Id open_case(const std::string& path) {
   return {id, H5Fclose};
 }
 
-// The case's config as a whole run config: text with a top-level `model:` key is one already;
-// a bare mapping of model settings is re-emitted under `model:` (parsing and re-emitting, rather
-// than indenting the text, keeps flow and block styles, comments aside, equally valid).
+// The case's config as a whole run config: text with a top-level `model:` key is one already; a
+// bare mapping of model settings is parsed and re-emitted under `model:`, which is valid whatever
+// the text's style (indenting the text would not be: e.g. a `---` document marker). Line numbers in
+// messages then count in the re-emitted text; the key path names the culprit either way.
 Config parse_case_config(const std::string& text, const std::string& source) {
   YAML::Node node;
   try {

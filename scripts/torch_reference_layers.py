@@ -1,0 +1,274 @@
+"""Plain-PyTorch reference layers for checking seqtrain's layers through `seqtrain layer-run`.
+
+Written from the papers and reference code, not from seqtrain's implementation: quadratic (masked)
+forms where seqtrain scans or chunks, autograd where seqtrain has hand-written backwards. Parameter
+names and shapes are seqtrain's (docs/layers.md), which are PyTorch's conventions: nn.Linear
+weights [out, in]. The one difference is Mamba's conv1d.weight, kept as mamba_ssm's nn.Conv1d
+[E, 1, K]; scripts/export_layer_case.py squeezes it to seqtrain's [E, K].
+
+Every module computes in its parameters' dtype (float32 or float64): nothing is upcast, so an f64
+case is an f64 reference.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def causal_mask(T, device):
+    """[T, T] bool, True where key s <= query t."""
+    return torch.ones(T, T, dtype=torch.bool, device=device).tril()
+
+
+class Attention(nn.Module):
+    """Causal softmax attention, nanoGPT's names, no positional encoding (seqtrain attn.pos: none).
+
+    c_attn rows are [q heads | k heads | v heads]; query head h reads kv head h // (H / Hkv).
+    """
+
+    def __init__(self, d_model, n_heads, n_kv_heads, bias):
+        super().__init__()
+        self.H, self.Hkv, self.d = n_heads, n_kv_heads, d_model // n_heads
+        self.c_attn = nn.Linear(d_model, (n_heads + 2 * n_kv_heads) * self.d, bias=bias)
+        self.c_proj = nn.Linear(n_heads * self.d, d_model, bias=bias)
+
+    def forward(self, x):
+        B, T, _ = x.shape
+        qkv = self.c_attn(x).view(B, T, self.H + 2 * self.Hkv, self.d)
+        q, k, v = torch.split(qkv, [self.H, self.Hkv, self.Hkv], dim=2)
+        group = self.H // self.Hkv
+        k = k.repeat_interleave(group, dim=2)
+        v = v.repeat_interleave(group, dim=2)
+        scores = torch.einsum("bthd,bshd->bhts", q, k) / math.sqrt(self.d)
+        scores = scores.masked_fill(~causal_mask(T, x.device), float("-inf"))
+        o = torch.einsum("bhts,bshd->bthd", torch.softmax(scores, dim=-1), v)
+        return self.c_proj(o.reshape(B, T, self.H * self.d))
+
+
+def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """mamba_ssm's selective_scan_ref (ops/selective_scan_interface.py) for time-varying B, C, with
+    its .float() upcasts dropped so that f64 stays f64 (for f32 inputs they were no-ops).
+
+    u, delta, z [b, d, l]; A [d, n]; B, C [b, n, l]; D, delta_bias [d]. Returns [b, d, l].
+    """
+    if delta_bias is not None:
+        delta = delta + delta_bias[..., None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    batch, dim, dstate = u.shape[0], A.shape[0], A.shape[1]
+    x = A.new_zeros((batch, dim, dstate))
+    deltaA = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
+    deltaB_u = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
+    ys = []
+    for i in range(u.shape[2]):
+        x = deltaA[:, :, i] * x + deltaB_u[:, :, i]
+        ys.append(torch.einsum("bdn,bn->bd", x, C[:, :, i]))
+    y = torch.stack(ys, dim=2)
+    out = y if D is None else y + u * D[:, None]
+    if z is not None:
+        out = out * F.silu(z)
+    return out
+
+
+class Mamba(nn.Module):
+    """mamba_ssm's Mamba (modules/mamba_simple.py), the slow path of its forward written out."""
+
+    def __init__(self, d_model, d_state, d_conv, expand, dt_rank, conv_bias, bias):
+        super().__init__()
+        E = expand * d_model
+        self.E, self.N, self.K = E, d_state, d_conv
+        self.R = dt_rank if dt_rank > 0 else math.ceil(d_model / 16)
+        self.in_proj = nn.Linear(d_model, 2 * E, bias=bias)
+        self.conv1d = nn.Conv1d(E, E, d_conv, groups=E, padding=d_conv - 1, bias=conv_bias)
+        self.x_proj = nn.Linear(E, self.R + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.R, E, bias=True)
+        self.A_log = nn.Parameter(torch.empty(E, d_state))
+        self.D = nn.Parameter(torch.empty(E))
+        self.out_proj = nn.Linear(E, d_model, bias=bias)
+
+    def forward(self, hidden):
+        b, L, _ = hidden.shape
+        xz = self.in_proj(hidden).transpose(1, 2)  # [b, 2E, L]
+        x, z = xz.chunk(2, dim=1)
+        x = F.silu(self.conv1d(x)[..., :L])  # causal: the right padding is cut off
+        x_dbl = self.x_proj(x.transpose(1, 2).reshape(b * L, self.E))  # [(b l), R + 2N]
+        dt, B, C = torch.split(x_dbl, [self.R, self.N, self.N], dim=-1)
+        dt = (self.dt_proj.weight @ dt.t()).reshape(self.E, b, L).permute(1, 0, 2)  # [b, E, L]; bias in the scan
+        B = B.reshape(b, L, self.N).transpose(1, 2)  # [b, N, L]
+        C = C.reshape(b, L, self.N).transpose(1, 2)
+        A = -torch.exp(self.A_log)
+        y = selective_scan_ref(x, dt, A, B, C, self.D, z=z, delta_bias=self.dt_proj.bias, delta_softplus=True)
+        return self.out_proj(y.transpose(1, 2))
+
+
+class HedgehogFeatureMap(nn.Module):
+    """phi(x) = [softmax(x W_h + b_h), softmax(-(x W_h + b_h))] per head h (LoLCATs' form)."""
+
+    def __init__(self, n_heads, head_dim, feature_dim):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_heads, head_dim, feature_dim))
+        self.bias = nn.Parameter(torch.empty(n_heads, feature_dim))
+
+    def forward(self, x):  # [B, T, H, d] -> [B, T, H, 2F]
+        u = torch.einsum("bthd,hdf->bthf", x, self.weight) + self.bias
+        return torch.cat([torch.softmax(u, dim=-1), torch.softmax(-u, dim=-1)], dim=-1)
+
+
+class Hedgehog(nn.Module):
+    """Hedgehog linear attention (Zhang et al. 2024) in its quadratic form:
+    o_t = sum_{s<=t} (phi_q_t . phi_k_s) v_s / (sum_{s<=t} phi_q_t . phi_k_s + eps)."""
+
+    def __init__(self, d_model, n_heads, feature_dim, bias, eps=1e-6):
+        super().__init__()
+        self.H, self.d, self.eps = n_heads, d_model // n_heads, eps
+        self.q_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.k_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.v_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.o_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.feature_map_q = HedgehogFeatureMap(n_heads, self.d, feature_dim)
+        self.feature_map_k = HedgehogFeatureMap(n_heads, self.d, feature_dim)
+
+    def forward(self, x):
+        B, T, D = x.shape
+        q, k, v = (p(x).view(B, T, self.H, self.d) for p in (self.q_proj, self.k_proj, self.v_proj))
+        a = torch.einsum("bthf,bshf->bhts", self.feature_map_q(q), self.feature_map_k(k))
+        a = a * causal_mask(T, x.device)
+        num = torch.einsum("bhts,bshd->bthd", a, v)
+        den = a.sum(dim=-1).transpose(1, 2)[..., None] + self.eps  # [B, T, H, 1]
+        return self.o_proj((num / den).reshape(B, T, D))
+
+
+class Aaren(nn.Module):
+    """Aaren (Feng et al. 2024): one learned query per head, causal prefix softmax over the values:
+    o_t = sum_{i<=t} softmax_{i<=t}(<q_h, k_i> / sqrt(d)) v_i."""
+
+    def __init__(self, d_model, n_heads, bias):
+        super().__init__()
+        self.H, self.d = n_heads, d_model // n_heads
+        self.query = nn.Parameter(torch.empty(n_heads, self.d))
+        self.k_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.v_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.o_proj = nn.Linear(d_model, d_model, bias=bias)
+
+    def forward(self, x):
+        B, T, D = x.shape
+        k = self.k_proj(x).view(B, T, self.H, self.d)
+        v = self.v_proj(x).view(B, T, self.H, self.d)
+        s = (k * self.query).sum(dim=-1) / math.sqrt(self.d)  # [B, T, H]
+        scores = s.transpose(1, 2)[:, :, None, :].expand(B, self.H, T, T)  # [b, h, t, i] = s_i
+        scores = scores.masked_fill(~causal_mask(T, x.device), float("-inf"))
+        o = torch.einsum("bhti,bihd->bthd", torch.softmax(scores, dim=-1), v)
+        return self.o_proj(o.reshape(B, T, D))
+
+
+class Norm(nn.Module):
+    """RMSNorm (x / sqrt(mean(x^2) + eps) * weight) or LayerNorm (bias optional)."""
+
+    def __init__(self, kind, dim, bias, eps):
+        super().__init__()
+        self.kind, self.eps = kind, eps
+        self.weight = nn.Parameter(torch.empty(dim))
+        self.bias = nn.Parameter(torch.empty(dim)) if bias and kind == "layernorm" else None
+
+    def forward(self, x):
+        if self.kind == "rmsnorm":
+            return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps) * self.weight
+        return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+
+
+class MLP(nn.Module):
+    """gelu: c_proj(gelu_tanh(c_fc(x))) (GPT-2); swiglu: w2(silu(w1(x)) * w3(x)) (Llama)."""
+
+    def __init__(self, kind, dim, hidden, bias):
+        super().__init__()
+        self.kind = kind
+        if kind == "gelu":
+            self.c_fc = nn.Linear(dim, hidden, bias=bias)
+            self.c_proj = nn.Linear(hidden, dim, bias=bias)
+        else:
+            self.w1 = nn.Linear(dim, hidden, bias=bias)
+            self.w2 = nn.Linear(hidden, dim, bias=bias)
+            self.w3 = nn.Linear(dim, hidden, bias=bias)
+
+    def forward(self, x):
+        if self.kind == "gelu":
+            return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    """x + mixer(norm1(x)), then h + mlp(norm2(h))."""
+
+    def __init__(self, mixer, norm, dim, bias, eps, mlp):
+        super().__init__()
+        self.norm1 = Norm(norm, dim, bias, eps)
+        self.mixer = mixer
+        self.norm2 = Norm(norm, dim, bias, eps)
+        self.mlp = mlp
+
+    def forward(self, x):
+        h = x + self.mixer(self.norm1(x))
+        return h + self.mlp(self.norm2(h))
+
+
+def build(layer, model):
+    """The reference module for `layer` (a mixer type or "block") from a dict of seqtrain model
+    settings (the case's config; keys seqtrain does not default here must be given)."""
+    D, bias = model["d_model"], model.get("bias", False)
+
+    def mixer(kind):
+        if kind == "attn":
+            a = model.get("attn", {})
+            assert a.get("pos", "rope") != "rope", "the reference has no RoPE: use attn.pos none or learned"
+            H = a.get("n_heads", 4)
+            return Attention(D, H, a.get("n_kv_heads", H) or H, bias)
+        if kind == "mamba":
+            m = model.get("mamba", {})
+            return Mamba(D, m.get("d_state", 16), m.get("d_conv", 4), m.get("expand", 2), m.get("dt_rank", 0),
+                         m.get("conv_bias", True), bias)
+        if kind == "hedgehog":
+            h = model.get("hedgehog", {})
+            return Hedgehog(D, h.get("n_heads", 4), h.get("feature_dim", 64), bias)
+        if kind == "aaren":
+            return Aaren(D, model.get("aaren", {}).get("n_heads", 4), bias)
+        raise ValueError(f"no reference for mixer type '{kind}'")
+
+    if layer != "block":
+        return mixer(layer)
+    mlp = model.get("mlp", {})
+    kind = mlp.get("type", "swiglu")
+    hidden = mlp.get("hidden", 0)
+    assert hidden > 0, "give mlp.hidden for a block case"
+    types = model.get("layers") or model.get("pattern", ["attn"])
+    return Block(mixer(types[0]), model.get("norm", "rmsnorm"), D, bias, model.get("norm_eps", 1e-5),
+                 MLP(kind, D, hidden, bias))
+
+
+def randomize(module, generator):
+    """Draws every parameter so that the layer is well away from its trivial init (non-uniform
+    attention, non-zero biases, A_log and dt_proj.bias in Mamba's ranges), from `generator`."""
+
+    def normal(shape, std, mean=0.0):
+        return torch.randn(shape, generator=generator, dtype=torch.float64) * std + mean
+
+    for name, p in module.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        with torch.no_grad():
+            if name.endswith("A_log"):
+                N = p.shape[1]
+                value = torch.log(torch.arange(1, N + 1, dtype=torch.float64)).expand(p.shape) + normal(p.shape, 0.1)
+            elif name.endswith("dt_proj.bias"):
+                # softplus^-1 of dt log-uniform in [1e-3, 1e-1], as mamba_ssm initialises it.
+                dt = torch.exp(torch.rand(p.shape, generator=generator, dtype=torch.float64) * math.log(100) + math.log(1e-3))
+                value = dt + torch.log(-torch.expm1(-dt))
+            elif name.endswith("norm1.weight") or name.endswith("norm2.weight") or leaf == "D":
+                value = normal(p.shape, 0.2, 1.0)
+            elif name.endswith("query"):
+                value = normal(p.shape, 1.0)
+            elif leaf == "bias":
+                value = normal(p.shape, 0.1)
+            else:  # weights: fan-in scaled, a little larger than usual so that softmaxes are not flat
+                fan_in = p.shape[-2] if "feature_map" in name else p.shape[-1]  # [H, d, F]; [out, in]; [E, 1, K]
+                value = normal(p.shape, 1.5 / math.sqrt(fan_in))
+            p.copy_(value.to(p.dtype))
