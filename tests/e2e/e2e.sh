@@ -126,6 +126,8 @@ bad_input)
   expect_error "incompatible checkpoint" "step-00000002.h5" "shape" -- "$bin" train good.yaml "${common[@]}" --set run.dir=run --set model.d_model=32
   [[ "$before" == "$(sha256sum run/checkpoints/step-00000002.h5 run/config.yaml run/metrics.jsonl)" ]] || fail "the run folder was modified"
   expect_error "missing config file" "nope.yaml" -- "$bin" train nope.yaml
+  expect_error "NaN/inf loss is detected" "step 2" "training loss is" -- "$bin" train good.yaml "${common[@]}" \
+    --set run.dir=nanrun --set optimizer.lr=1e30
   ;;
 mixers)
   # Every mixer and a hybrid: trains (val loss falls), resumes bit-exactly, generates.
