@@ -17,6 +17,8 @@
 #include <sstream>
 #include <utility>
 
+#include "train/hdf5_io.h"
+
 namespace seqtrain::train {
 namespace {
 
@@ -27,136 +29,10 @@ constexpr const char* kLatestName = "latest";
 constexpr size_t kListedNames = 5;  // how many missing / unexpected names an error spells out
 
 // ---------------------------------------------------------------------------------------------
-// HDF5 plumbing: quiet error stack, checked calls, owned ids
+// Checkpoint attributes and strings (the shared HDF5 access is in train/hdf5_io.h)
 // ---------------------------------------------------------------------------------------------
 
-// HDF5 prints its whole error stack to stderr by default. We report failures ourselves (with
-// HDF5's innermost reason), and probing candidate files is expected to fail, so printing is off
-// while any public function runs.
-class QuietHdf5 {
- public:
-  QuietHdf5() {
-    H5Eget_auto2(H5E_DEFAULT, &func_, &data_);
-    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-  }
-  ~QuietHdf5() { H5Eset_auto2(H5E_DEFAULT, func_, data_); }
-  QuietHdf5(const QuietHdf5&) = delete;
-  QuietHdf5& operator=(const QuietHdf5&) = delete;
-
- private:
-  H5E_auto2_t func_ = nullptr;
-  void* data_ = nullptr;
-};
-
-// The most specific message on HDF5's error stack (e.g. "truncated file: eof = ..."); clears it.
-std::string hdf5_reason() {
-  std::string reason;
-  H5Ewalk2(
-      H5E_DEFAULT, H5E_WALK_UPWARD,
-      [](unsigned n, const H5E_error2_t* e, void* out) -> herr_t {
-        if (n == 0 && e->desc) *static_cast<std::string*>(out) = e->desc;
-        return 0;
-      },
-      &reason);
-  H5Eclear2(H5E_DEFAULT);
-  return reason.empty() ? "no detail from HDF5" : reason;
-}
-
-// The file and object an HDF5 call works on, so a failure names both.
-struct H5Site {
-  std::string file;
-  std::string object;
-
-  template <typename T>
-  T check(T result, const char* call) const {
-    if (result < 0) ST_THROW(call, " failed on ", object, " in ", file, ": ", hdf5_reason());
-    return result;
-  }
-};
-
-#define H5_CALL(site, fn, ...) (site).check(fn(__VA_ARGS__), #fn)
-
-// An HDF5 id closed on destruction. close() closes now and reports failure: H5Fclose flushes, so
-// its failure means the file was not written.
-class H5Id {
- public:
-  using Closer = herr_t (*)(hid_t);
-  H5Id(hid_t id, Closer closer) : id_(id), closer_(closer) {}
-  ~H5Id() {
-    if (id_ >= 0) closer_(id_);
-  }
-  H5Id(H5Id&& o) noexcept : id_(std::exchange(o.id_, -1)), closer_(o.closer_) {}
-  H5Id(const H5Id&) = delete;
-  H5Id& operator=(const H5Id&) = delete;
-  H5Id& operator=(H5Id&&) = delete;
-  operator hid_t() const { return id_; }
-  void close(const H5Site& site, const char* call) { site.check(closer_(std::exchange(id_, -1)), call); }
-
- private:
-  hid_t id_;
-  Closer closer_;
-};
-
-H5Id scalar_space(const H5Site& at) { return {H5_CALL(at, H5Screate, H5S_SCALAR), H5Sclose}; }
-
-// A 0-dim tensor maps to a scalar dataspace.
-H5Id simple_space(const Shape& shape, const H5Site& at) {
-  if (shape.empty()) return scalar_space(at);
-  std::vector<hsize_t> dims(shape.begin(), shape.end());
-  return {H5_CALL(at, H5Screate_simple, int(dims.size()), dims.data(), nullptr), H5Sclose};
-}
-
-H5Id utf8_string_type(size_t size, const H5Site& at) {
-  H5Id type(H5_CALL(at, H5Tcopy, H5T_C_S1), H5Tclose);
-  H5_CALL(at, H5Tset_size, type, size);
-  H5_CALL(at, H5Tset_cset, type, H5T_CSET_UTF8);
-  return type;
-}
-
-// Groups track link creation order so readers list parameters in declaration order.
-H5Id create_group(hid_t parent, const std::string& name, const H5Site& at) {
-  H5Id gcpl(H5_CALL(at, H5Pcreate, H5P_GROUP_CREATE), H5Pclose);
-  H5_CALL(at, H5Pset_link_creation_order, gcpl, H5P_CRT_ORDER_TRACKED | H5P_CRT_ORDER_INDEXED);
-  return {H5_CALL(at, H5Gcreate2, parent, name.c_str(), H5P_DEFAULT, gcpl, H5P_DEFAULT), H5Gclose};
-}
-
-H5Id open_group(hid_t parent, const std::string& name, const H5Site& at) {
-  return {H5_CALL(at, H5Gopen2, parent, name.c_str(), H5P_DEFAULT), H5Gclose};
-}
-
-H5Id open_dataset(hid_t parent, const std::string& name, const H5Site& at) {
-  return {H5_CALL(at, H5Dopen2, parent, name.c_str(), H5P_DEFAULT), H5Dclose};
-}
-
-// One path component (no '/'), so a missing parent is "false" rather than an HDF5 error.
-bool has_link(hid_t parent, const std::string& name, const H5Site& at) {
-  return H5_CALL(at, H5Lexists, parent, name.c_str(), H5P_DEFAULT) > 0;
-}
-
-// Link names of a group, in creation order where it was tracked, else by name.
-std::vector<std::string> link_names(hid_t group, const H5Site& at) {
-  H5Id gcpl(H5_CALL(at, H5Gget_create_plist, group), H5Pclose);
-  unsigned order_flags = 0;
-  H5_CALL(at, H5Pget_link_creation_order, gcpl, &order_flags);
-  const H5_index_t index = (order_flags & H5P_CRT_ORDER_INDEXED) ? H5_INDEX_CRT_ORDER : H5_INDEX_NAME;
-  std::vector<std::string> names;
-  H5_CALL(at, H5Literate, group, index, H5_ITER_INC, nullptr,
-          [](hid_t, const char* name, const H5L_info_t*, void* out) -> herr_t {
-            static_cast<std::vector<std::string>*>(out)->push_back(name);
-            return 0;
-          },
-          &names);
-  return names;
-}
-
-// ---- attributes ----
-
-void write_attr(hid_t obj, const char* name, hid_t file_type, hid_t mem_type, const void* value,
-                const H5Site& at) {
-  H5Id space = scalar_space(at);
-  H5Id attr(H5_CALL(at, H5Acreate2, obj, name, file_type, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
-  H5_CALL(at, H5Awrite, attr, mem_type, value);
-}
+using namespace hdf5;
 
 void write_attr_i64(hid_t obj, const char* name, int64_t v, const std::string& file) {
   write_attr(obj, name, H5T_STD_I64LE, H5T_NATIVE_INT64, &v, {file, str_cat("attribute '", name, "'")});
@@ -168,14 +44,6 @@ void write_attr_u64(hid_t obj, const char* name, uint64_t v, const std::string& 
 
 void write_attr_f64(hid_t obj, const char* name, double v, const std::string& file) {
   write_attr(obj, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &v, {file, str_cat("attribute '", name, "'")});
-}
-
-// Variable-length UTF-8: h5py reads these attributes as str.
-void write_attr_str(hid_t obj, const char* name, const std::string& v, const std::string& file) {
-  const H5Site at{file, str_cat("attribute '", name, "'")};
-  H5Id type = utf8_string_type(H5T_VARIABLE, at);
-  const char* p = v.c_str();
-  write_attr(obj, name, type, type, &p, at);
 }
 
 H5Id open_attr(hid_t obj, const char* name, const H5Site& at) {
@@ -193,42 +61,17 @@ T read_attr_number(hid_t obj, const char* name, hid_t mem_type, const std::strin
   return v;
 }
 
-// Reads a scalar string (variable- or fixed-length) of an attribute or dataset; trailing NUL
-// padding of fixed-length strings is dropped.
-std::string read_string(hid_t obj, bool is_dataset, const H5Site& at) {
-  H5Id type(is_dataset ? H5_CALL(at, H5Dget_type, obj) : H5_CALL(at, H5Aget_type, obj), H5Tclose);
-  if (H5_CALL(at, H5Tget_class, type) != H5T_STRING) ST_THROW(at.object, " in ", at.file, " is not a string");
-  std::string out;
-  if (H5_CALL(at, H5Tis_variable_str, type) > 0) {
-    H5Id mem = utf8_string_type(H5T_VARIABLE, at);
-    char* p = nullptr;
-    if (is_dataset) {
-      H5_CALL(at, H5Dread, obj, mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, &p);
-    } else {
-      H5_CALL(at, H5Aread, obj, mem, &p);
-    }
-    if (p) out = p;
-    H5free_memory(p);
-  } else {
-    std::vector<char> buf(H5Tget_size(type));
-    if (is_dataset) {
-      H5_CALL(at, H5Dread, obj, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf.data());
-    } else {
-      H5_CALL(at, H5Aread, obj, type, buf.data());
-    }
-    out.assign(buf.begin(), buf.end());
-    while (!out.empty() && out.back() == '\0') out.pop_back();
-  }
-  return out;
+std::string read_text(hid_t obj, bool is_dataset, const H5Site& at) {
+  std::optional<std::string> s = hdf5::read_string(obj, is_dataset, at);
+  if (!s) ST_THROW(at.object, " in ", at.file, " is not a string");
+  return *s;
 }
 
 std::string read_attr_str(hid_t obj, const char* name, const std::string& file) {
   const H5Site at{file, str_cat("attribute '", name, "'")};
   H5Id attr = open_attr(obj, name, at);
-  return read_string(attr, false, at);
+  return read_text(attr, false, at);
 }
-
-// ---- datasets ----
 
 // Fixed-length (NUL-padded) UTF-8: the text can exceed the attribute size limit, and fixed-length
 // strings stay writable by a later parallel-HDF5 writer (ecosystem.md §3.5).
@@ -241,35 +84,6 @@ void write_text_dataset(hid_t parent, const char* name, const std::string& text,
   H5Id dset(H5_CALL(at, H5Dcreate2, parent, name, type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
             H5Dclose);
   H5_CALL(at, H5Dwrite, dset, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, padded.data());
-}
-
-// Converted to f32 on the host, whatever the tensor's device and dtype.
-void write_tensor(hid_t parent, const std::string& name, const Tensor& t, const H5Site& at) {
-  Tensor host = t.to(Device::cpu()).to(DType::F32).contiguous();
-  H5Id space = simple_space(host.shape(), at);
-  H5Id dset(H5_CALL(at, H5Dcreate2, parent, name.c_str(), H5T_IEEE_F32LE, space, H5P_DEFAULT, H5P_DEFAULT,
-                    H5P_DEFAULT),
-            H5Dclose);
-  if (host.numel() > 0) H5_CALL(at, H5Dwrite, dset, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, host.data<float>());
-}
-
-Shape dataset_shape(hid_t dset, const H5Site& at) {
-  H5Id space(H5_CALL(at, H5Dget_space, dset), H5Sclose);
-  const int rank = H5_CALL(at, H5Sget_simple_extent_ndims, space);
-  std::vector<hsize_t> dims(size_t(rank), 0);
-  if (rank > 0) H5_CALL(at, H5Sget_simple_extent_dims, space, dims.data(), nullptr);
-  return Shape(dims.begin(), dims.end());
-}
-
-bool is_float_dataset(hid_t dset, const H5Site& at) {
-  H5Id type(H5_CALL(at, H5Dget_type, dset), H5Tclose);
-  return H5_CALL(at, H5Tget_class, type) == H5T_FLOAT;
-}
-
-Tensor read_tensor(hid_t dset, const H5Site& at) {
-  Tensor out = Tensor::empty(dataset_shape(dset, at), DType::F32);
-  if (out.numel() > 0) H5_CALL(at, H5Dread, dset, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data<float>());
-  return out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -444,15 +258,16 @@ void write_checkpoint_file(const std::string& path, const CheckpointMeta& meta,
   write_text_dataset(file, "config", meta.config_yaml, path);
   {
     H5Id model = create_group(file, "model", {path, "group '/model'"});
-    for (const NamedTensor& p : params) write_tensor(model, p.name, p.value, {path, "dataset '/model/" + p.name + "'"});
+    for (const NamedTensor& p : params)
+      write_tensor(model, p.name, p.value, DType::F32, {path, "dataset '/model/" + p.name + "'"});
   }
   if (!optim.empty()) {
     H5Id group = create_group(file, "optim", {path, "group '/optim'"});
     for (const OptimizerSlot& s : optim) {
       const std::string object = "/optim/" + s.name;
       H5Id slot = create_group(group, s.name, {path, "group '" + object + "'"});
-      write_tensor(slot, "m", s.m, {path, "dataset '" + object + "/m'"});
-      write_tensor(slot, "v", s.v, {path, "dataset '" + object + "/v'"});
+      write_tensor(slot, "m", s.m, DType::F32, {path, "dataset '" + object + "/m'"});
+      write_tensor(slot, "v", s.v, DType::F32, {path, "dataset '" + object + "/v'"});
     }
   }
   write_attr_i64(file, "complete", 1, path);  // the completion marker: always the last write
@@ -564,7 +379,7 @@ CheckpointMeta read_checkpoint_meta(const std::string& path) {
   meta.mesh = read_attr_str(file, "mesh", path);
   const H5Site at{path, "dataset '/config'"};
   H5Id config = open_dataset(file, "config", at);
-  meta.config_yaml = read_string(config, true, at);
+  meta.config_yaml = read_text(config, true, at);
   return meta;
 }
 
@@ -605,7 +420,7 @@ void load_checkpoint(const std::string& path, const std::vector<NamedTensor>& pa
       param_names.insert(p.name);
       expect(model, p.name, "/model/" + p.name, p.value, p.name);
     }
-    for (const std::string& name : link_names(model, {path, "group '/model'"}))
+    for (const std::string& name : link_names(model, LinkOrder::CreationWhereTracked, {path, "group '/model'"}))
       if (!param_names.count(name)) unexpected.push_back(name);
   }
   if (!optim.empty()) {
@@ -628,7 +443,7 @@ void load_checkpoint(const std::string& path, const std::vector<NamedTensor>& pa
       expect(slot, "m", object + "/m", s.m, "optim/" + s.name + "/m");
       expect(slot, "v", object + "/v", s.v, "optim/" + s.name + "/v");
     }
-    for (const std::string& name : link_names(group, {path, "group '/optim'"}))
+    for (const std::string& name : link_names(group, LinkOrder::CreationWhereTracked, {path, "group '/optim'"}))
       if (!slot_names.count(name)) unexpected.push_back("optim/" + name);
   }
 
@@ -648,7 +463,7 @@ void load_checkpoint(const std::string& path, const std::vector<NamedTensor>& pa
     const H5Site at{path, "dataset '" + t.object + "'"};
     H5Id dset(H5_CALL(at, H5Dopen2, file, t.object.c_str(), H5P_DEFAULT), H5Dclose);
     Tensor dest = t.dest;
-    dest.copy_(read_tensor(dset, at));
+    dest.copy_(read_tensor(dset, DType::F32, at));
   }
 }
 
@@ -666,10 +481,10 @@ std::string describe_checkpoint(const std::string& path) {
   int64_t total = 0;
   {
     H5Id model = open_group(file, "model", {path, "group '/model'"});
-    for (const std::string& name : link_names(model, {path, "group '/model'"})) {
+    for (const std::string& name : link_names(model, LinkOrder::CreationWhereTracked, {path, "group '/model'"})) {
       const H5Site at{path, "dataset '/model/" + name + "'"};
       H5Id dset = open_dataset(model, name, at);
-      Tensor t = read_tensor(dset, at);
+      Tensor t = read_tensor(dset, DType::F32, at);
       double sum_sq = 0;
       const float* p = t.data<float>();
       for (int64_t i = 0; i < t.numel(); ++i) sum_sq += double(p[i]) * p[i];
@@ -680,7 +495,7 @@ std::string describe_checkpoint(const std::string& path) {
   size_t optim_slots = 0;
   if (has_link(file, "optim", {path, "/"})) {
     H5Id optim = open_group(file, "optim", {path, "group '/optim'"});
-    optim_slots = link_names(optim, {path, "group '/optim'"}).size();
+    optim_slots = link_names(optim, LinkOrder::CreationWhereTracked, {path, "group '/optim'"}).size();
   }
 
   std::ostringstream os;

@@ -8,13 +8,14 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <set>
-#include <utility>
 #include <vector>
 
 #include "layers/mixer.h"
 #include "models/language_model.h"
 #include "train/config.h"
+#include "train/hdf5_io.h"
 
 namespace seqtrain::train {
 namespace {
@@ -24,196 +25,22 @@ namespace fs = std::filesystem;
 constexpr size_t kListedNames = 5;  // how many missing / unexpected names an error spells out
 
 // ---------------------------------------------------------------------------------------------
-// HDF5 plumbing, in train/checkpoint.cpp's style: quiet error stack, checked calls, owned ids
+// Case strings (the shared HDF5 access is in train/hdf5_io.h)
 // ---------------------------------------------------------------------------------------------
 
-// We report failures ourselves (with HDF5's innermost reason), so HDF5's own printing is off.
-class QuietHdf5 {
- public:
-  QuietHdf5() {
-    H5Eget_auto2(H5E_DEFAULT, &func_, &data_);
-    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-  }
-  ~QuietHdf5() { H5Eset_auto2(H5E_DEFAULT, func_, data_); }
-  QuietHdf5(const QuietHdf5&) = delete;
-  QuietHdf5& operator=(const QuietHdf5&) = delete;
+using namespace hdf5;
 
- private:
-  H5E_auto2_t func_ = nullptr;
-  void* data_ = nullptr;
-};
-
-// The most specific message on HDF5's error stack; clears it.
-std::string hdf5_reason() {
-  std::string reason;
-  H5Ewalk2(
-      H5E_DEFAULT, H5E_WALK_UPWARD,
-      [](unsigned n, const H5E_error2_t* e, void* out) -> herr_t {
-        if (n == 0 && e->desc) *static_cast<std::string*>(out) = e->desc;
-        return 0;
-      },
-      &reason);
-  H5Eclear2(H5E_DEFAULT);
-  return reason.empty() ? "no detail from HDF5" : reason;
-}
-
-// The file and object an HDF5 call works on, so a failure names both.
-struct H5Site {
-  std::string file;
-  std::string object;
-
-  template <typename T>
-  T check(T result, const char* call) const {
-    if (result < 0) ST_THROW(call, " failed on ", object, " in ", file, ": ", hdf5_reason());
-    return result;
-  }
-};
-
-#define H5_CALL(site, fn, ...) (site).check(fn(__VA_ARGS__), #fn)
-
-// An HDF5 id closed on destruction; close() closes now and reports failure (H5Fclose flushes).
-class H5Id {
- public:
-  using Closer = herr_t (*)(hid_t);
-  H5Id(hid_t id, Closer closer) : id_(id), closer_(closer) {}
-  ~H5Id() {
-    if (id_ >= 0) closer_(id_);
-  }
-  H5Id(H5Id&& o) noexcept : id_(std::exchange(o.id_, -1)), closer_(o.closer_) {}
-  H5Id(const H5Id&) = delete;
-  H5Id& operator=(const H5Id&) = delete;
-  H5Id& operator=(H5Id&&) = delete;
-  operator hid_t() const { return id_; }
-  void close(const H5Site& site, const char* call) { site.check(closer_(std::exchange(id_, -1)), call); }
-
- private:
-  hid_t id_;
-  Closer closer_;
-};
-
-H5Id scalar_space(const H5Site& at) { return {H5_CALL(at, H5Screate, H5S_SCALAR), H5Sclose}; }
-
-H5Id simple_space(const Shape& shape, const H5Site& at) {
-  if (shape.empty()) return scalar_space(at);
-  std::vector<hsize_t> dims(shape.begin(), shape.end());
-  return {H5_CALL(at, H5Screate_simple, int(dims.size()), dims.data(), nullptr), H5Sclose};
-}
-
-H5Id utf8_string_type(size_t size, const H5Site& at) {
-  H5Id type(H5_CALL(at, H5Tcopy, H5T_C_S1), H5Tclose);
-  H5_CALL(at, H5Tset_size, type, size);
-  H5_CALL(at, H5Tset_cset, type, H5T_CSET_UTF8);
-  return type;
-}
-
-// Groups track link creation order so that readers list the parameters in declaration order.
-H5Id create_group(hid_t parent, const std::string& name, const H5Site& at) {
-  H5Id gcpl(H5_CALL(at, H5Pcreate, H5P_GROUP_CREATE), H5Pclose);
-  H5_CALL(at, H5Pset_link_creation_order, gcpl, H5P_CRT_ORDER_TRACKED | H5P_CRT_ORDER_INDEXED);
-  return {H5_CALL(at, H5Gcreate2, parent, name.c_str(), H5P_DEFAULT, gcpl, H5P_DEFAULT), H5Gclose};
-}
-
-H5Id open_group(hid_t parent, const std::string& name, const H5Site& at) {
-  return {H5_CALL(at, H5Gopen2, parent, name.c_str(), H5P_DEFAULT), H5Gclose};
-}
-
-H5Id open_dataset(hid_t parent, const std::string& name, const H5Site& at) {
-  return {H5_CALL(at, H5Dopen2, parent, name.c_str(), H5P_DEFAULT), H5Dclose};
-}
-
-// One path component (no '/'), so that a missing link is "false" rather than an HDF5 error.
-bool has_link(hid_t parent, const std::string& name, const H5Site& at) {
-  return H5_CALL(at, H5Lexists, parent, name.c_str(), H5P_DEFAULT) > 0;
-}
-
-std::vector<std::string> link_names(hid_t group, const H5Site& at) {
-  std::vector<std::string> names;
-  H5_CALL(at, H5Literate, group, H5_INDEX_NAME, H5_ITER_INC, nullptr,
-          [](hid_t, const char* name, const H5L_info_t*, void* out) -> herr_t {
-            static_cast<std::vector<std::string>*>(out)->push_back(name);
-            return 0;
-          },
-          &names);
-  return names;
-}
-
-// Reads a scalar string (variable- or fixed-length, as h5py writes either) of an attribute or a
-// dataset; trailing NUL padding of fixed-length strings is dropped.
-std::string read_string(hid_t obj, bool is_dataset, const H5Site& at) {
-  H5Id type(is_dataset ? H5_CALL(at, H5Dget_type, obj) : H5_CALL(at, H5Aget_type, obj), H5Tclose);
-  if (H5_CALL(at, H5Tget_class, type) != H5T_STRING) ST_THROW(at.file, ": ", at.object, " is not a string");
-  std::string out;
-  if (H5_CALL(at, H5Tis_variable_str, type) > 0) {
-    H5Id mem = utf8_string_type(H5T_VARIABLE, at);
-    char* p = nullptr;
-    if (is_dataset) {
-      H5_CALL(at, H5Dread, obj, mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, &p);
-    } else {
-      H5_CALL(at, H5Aread, obj, mem, &p);
-    }
-    if (p) out = p;
-    H5free_memory(p);
-  } else {
-    std::vector<char> buf(H5Tget_size(type));
-    if (is_dataset) {
-      H5_CALL(at, H5Dread, obj, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf.data());
-    } else {
-      H5_CALL(at, H5Aread, obj, type, buf.data());
-    }
-    out.assign(buf.begin(), buf.end());
-    while (!out.empty() && out.back() == '\0') out.pop_back();
-  }
-  return out;
+std::string read_text(hid_t obj, bool is_dataset, const H5Site& at) {
+  std::optional<std::string> s = hdf5::read_string(obj, is_dataset, at);
+  if (!s) ST_THROW(at.file, ": ", at.object, " is not a string");
+  return *s;
 }
 
 std::string read_attr_str(hid_t obj, const char* name, const std::string& file) {
   const H5Site at{file, str_cat("attribute '", name, "'")};
   if (H5_CALL(at, H5Aexists, obj, name) <= 0) ST_THROW(file, ": the root group has no attribute '", name, "'");
   H5Id attr(H5_CALL(at, H5Aopen, obj, name, H5P_DEFAULT), H5Aclose);
-  return read_string(attr, false, at);
-}
-
-// Variable-length UTF-8: h5py reads these attributes as str.
-void write_attr_str(hid_t obj, const char* name, const std::string& v, const std::string& file) {
-  const H5Site at{file, str_cat("attribute '", name, "'")};
-  H5Id type = utf8_string_type(H5T_VARIABLE, at);
-  H5Id space = scalar_space(at);
-  H5Id attr(H5_CALL(at, H5Acreate2, obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
-  const char* p = v.c_str();
-  H5_CALL(at, H5Awrite, attr, type, &p);
-}
-
-Shape dataset_shape(hid_t dset, const H5Site& at) {
-  H5Id space(H5_CALL(at, H5Dget_space, dset), H5Sclose);
-  const int rank = H5_CALL(at, H5Sget_simple_extent_ndims, space);
-  std::vector<hsize_t> dims(size_t(rank), 0);
-  if (rank > 0) H5_CALL(at, H5Sget_simple_extent_dims, space, dims.data(), nullptr);
-  return Shape(dims.begin(), dims.end());
-}
-
-bool is_float_dataset(hid_t dset, const H5Site& at) {
-  H5Id type(H5_CALL(at, H5Dget_type, dset), H5Tclose);
-  return H5_CALL(at, H5Tget_class, type) == H5T_FLOAT;
-}
-
-// Read as f64 whatever the stored float width (HDF5 converts), so that an f64 case loses nothing.
-Tensor read_f64(hid_t dset, const H5Site& at) {
-  Tensor out = Tensor::empty(dataset_shape(dset, at), DType::F64);
-  if (out.numel() > 0) H5_CALL(at, H5Dread, dset, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data<double>());
-  return out;
-}
-
-// Stored in `dtype` (f32 or f64), whatever the tensor's device and dtype.
-void write_tensor(hid_t parent, const std::string& name, const Tensor& t, DType dtype, const H5Site& at) {
-  Tensor host = t.to(Device::cpu()).to(dtype).contiguous();
-  H5Id space = simple_space(host.shape(), at);
-  const bool f64 = dtype == DType::F64;
-  H5Id dset(H5_CALL(at, H5Dcreate2, parent, name.c_str(), f64 ? H5T_IEEE_F64LE : H5T_IEEE_F32LE, space, H5P_DEFAULT,
-                    H5P_DEFAULT, H5P_DEFAULT),
-            H5Dclose);
-  if (host.numel() > 0)
-    H5_CALL(at, H5Dwrite, dset, f64 ? H5T_NATIVE_DOUBLE : H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT,
-            host.data_ptr());
+  return read_text(attr, false, at);
 }
 
 std::string list_names(const std::vector<std::string>& names) {
@@ -332,7 +159,7 @@ int64_t load_parameters(hid_t file, const std::string& path, const std::string& 
                                    shape_str(np.param->value.shape()), " in the layer"));
     }
   }
-  for (const std::string& name : link_names(params, group_site))
+  for (const std::string& name : link_names(params, LinkOrder::Name, group_site))
     if (!names.count(name)) unexpected.push_back(name);
   if (!mismatched.empty() || !missing.empty() || !unexpected.empty()) {
     std::string problems;
@@ -346,7 +173,7 @@ int64_t load_parameters(hid_t file, const std::string& path, const std::string& 
   for (const NamedParameter& np : named) {
     const H5Site at{path, "dataset '/params/" + np.name + "'"};
     H5Id dset = open_dataset(params, np.name, at);
-    Tensor value = read_f64(dset, at).to(dtype).to(device);
+    Tensor value = read_tensor(dset, DType::F64, at).to(dtype).to(device);
     value.set_requires_grad(true);
     np.param->value = value;
   }
@@ -370,7 +197,7 @@ Tensor read_input(hid_t file, const std::string& path, const std::string& name, 
   }
   H5Id dset = open_dataset(inputs, name, at);
   if (!is_float_dataset(dset, at)) ST_THROW(path, ": ", object, " is not a float dataset");
-  return read_f64(dset, at).to(dtype).to(device);
+  return read_tensor(dset, DType::F64, at).to(dtype).to(device);
 }
 
 void write_outputs(const std::string& out_path, const LayerRunSummary& s, const Tensor& y, const Tensor& grad_x,
@@ -413,7 +240,7 @@ LayerRunSummary run_layer_case(const std::string& case_path, const std::string& 
   if (!has_link(file, "config", {case_path, "/"}))
     ST_THROW(case_path, " has no dataset /config (the layer's YAML settings, e.g. 'model: {d_model: 8}')");
   H5Id config_dset = open_dataset(file, "config", config_site);
-  const Config config = parse_case_config(read_string(config_dset, true, config_site), case_path + ":/config");
+  const Config config = parse_case_config(read_text(config_dset, true, config_site), case_path + ":/config");
 
   Layer layer = build_layer(s.layer, config.model, case_path);
   s.mixer = layer.mixer;
