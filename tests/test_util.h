@@ -3,10 +3,12 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "core/tensor.h"
+#include "layers/module.h"
 
 namespace seqtrain::testing {
 
@@ -38,6 +40,24 @@ inline double max_abs_diff(const Tensor& a, const Tensor& b) {
   double m = 0;
   for (size_t i = 0; i < x.size(); ++i) m = std::max(m, std::isnan(x[i] - y[i]) ? INFINITY : std::abs(x[i] - y[i]));
   return m;
+}
+
+// Makes every parameter of `module` an f64 leaf that requires grad, redrawing U(lo, hi) for the
+// ones `redraw` selects (constant-initialised ones, e.g. zero biases, whose values would hide
+// gradient terms), and returns them in declaration order. The module reads them in place, so
+// gradcheck's perturbations of the returned tensors reach it.
+inline std::vector<Tensor> make_f64_parameter_leaves(Module& module,
+                                                     const std::function<bool(const std::string&)>& redraw,
+                                                     double lo, double hi, uint64_t salt = 100) {
+  std::vector<Tensor> leaves;
+  for (auto& [name, p] : module.named_parameters()) {
+    Tensor v = redraw(name) ? random_tensor(p->value.shape(), DType::F64, Device::cpu(), ++salt, lo, hi)
+                            : p->value.to(DType::F64).clone();
+    v.set_requires_grad(true);
+    p->value = v;
+    leaves.push_back(v);
+  }
+  return leaves;
 }
 
 }  // namespace seqtrain::testing

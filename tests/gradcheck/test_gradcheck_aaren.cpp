@@ -90,16 +90,10 @@ TEST(GradcheckAaren, MixerInputAndParameters) {
   AarenMixer mixer(6, 2, /*bias=*/true, 0.5, 0.4);
   mixer.init_parameters(11);
   Inputs in{random_tensor({2, 5, 6}).set_requires_grad(true)};
-  uint64_t salt = 100;
-  for (auto& [name, p] : mixer.named_parameters()) {
-    // Random biases too (they start at zero), so that no gradient term vanishes.
-    Tensor v = p->value.to(DType::F64).clone();
-    if (name.find("bias") != std::string::npos)
-      v = random_tensor(v.shape(), DType::F64, Device::cpu(), ++salt, -0.5, 0.5);
-    v.set_requires_grad(true);
-    p->value = v;
-    in.push_back(v);
-  }
+  // Random biases too (they start at zero), so that no gradient term vanishes.
+  for (const Tensor& leaf : testing::make_f64_parameter_leaves(
+           mixer, [](const std::string& name) { return name.find("bias") != std::string::npos; }, -0.5, 0.5))
+    in.push_back(leaf);
   autograd::GradcheckFn fn = [&mixer](const Inputs& x) { return Inputs{mixer.forward(x[0])}; };
   autograd::GradcheckResult r = gradcheck(fn, in);
   EXPECT_TRUE(r.ok) << "max abs error " << r.max_abs_error << "\n" << r.report;

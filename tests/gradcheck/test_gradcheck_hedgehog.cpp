@@ -112,12 +112,9 @@ std::shared_ptr<HedgehogMixer> f64_mixer(bool bias, int64_t chunk) {
   m.hedgehog.chunk = chunk;
   auto mixer = std::dynamic_pointer_cast<HedgehogMixer>(make_hedgehog_mixer(MixerArgs{m, 0, 0.5}));
   mixer->init_parameters(3);
-  for (auto& [name, p] : mixer->named_parameters()) {
-    p->value = p->value.to(DType::F64);
-    p->value.set_requires_grad(true);
-    if (name.find(".bias") != std::string::npos)  // zero-initialised: make them matter
-      p->value.copy_(random_tensor(p->value.shape(), DType::F64, Device::cpu(), 9, -0.5, 0.5));
-  }
+  // Zero-initialised biases redrawn so that they matter.
+  testing::make_f64_parameter_leaves(
+      *mixer, [](const std::string& name) { return name.find(".bias") != std::string::npos; }, -0.5, 0.5);
   return mixer;
 }
 

@@ -71,18 +71,13 @@ TEST(GradcheckMamba, MixerInputAndParameters) {
   MambaMixer mixer(4, cfg, /*bias=*/true, 0.4, 0.4);
   mixer.init_parameters(11);
   Inputs in{random_tensor({2, 5, 4}).set_requires_grad(true)};
-  uint64_t salt = 100;
-  for (auto& [name, p] : mixer.named_parameters()) {
-    // Random values for the constant-initialised ones too, so that no gradient term vanishes; and
-    // steps d = softplus(dt_proj.bias + ...) near 1 rather than the initial 0.001..0.1, whose small
-    // decay terms would let an error in dA_log hide under the finite-difference tolerance.
-    Tensor v = p->value.to(DType::F64).clone();
-    if (name == "D" || name == "in_proj.bias" || name == "out_proj.bias" || name == "dt_proj.bias")
-      v = random_tensor(v.shape(), DType::F64, Device::cpu(), ++salt, -1, 1);
-    v.set_requires_grad(true);
-    p->value = v;
-    in.push_back(v);
-  }
+  // Random values for the constant-initialised ones too, so that no gradient term vanishes; and
+  // steps d = softplus(dt_proj.bias + ...) near 1 rather than the initial 0.001..0.1, whose small
+  // decay terms would let an error in dA_log hide under the finite-difference tolerance.
+  auto redraw = [](const std::string& name) {
+    return name == "D" || name == "in_proj.bias" || name == "out_proj.bias" || name == "dt_proj.bias";
+  };
+  for (const Tensor& leaf : testing::make_f64_parameter_leaves(mixer, redraw, -1, 1)) in.push_back(leaf);
   autograd::GradcheckFn fn = [&mixer](const Inputs& x) { return Inputs{mixer.forward(x[0])}; };
   autograd::GradcheckResult r = gradcheck(fn, in);
   EXPECT_TRUE(r.ok) << "max abs error " << r.max_abs_error << "\n" << r.report;
