@@ -40,8 +40,11 @@ LanguageModel::LanguageModel(const train::ModelConfig& cfg) : cfg_(cfg) {
   embed_ = add_module("embed", std::make_shared<Embedding>(padded_vocab_, cfg.d_model, cfg.init_std));
   if (cfg.attn.pos == "learned")
     pos_embed_ = add_module("pos_embed", std::make_shared<Embedding>(cfg.max_seq_len, cfg.d_model, cfg.init_std));
-  for (size_t i = 0; i < layer_types_.size(); ++i)
-    blocks_.push_back(add_module("blocks." + std::to_string(i), std::make_shared<Block>(cfg, layer_types_[i], int64_t(i))));
+  // Each block (its mixer, norms and MLP) gets its layer's settings, model.overrides applied.
+  for (size_t i = 0; i < layer_types_.size(); ++i) {
+    blocks_.push_back(add_module("blocks." + std::to_string(i),
+                                 std::make_shared<Block>(cfg.for_layer(int64_t(i)), layer_types_[i], int64_t(i))));
+  }
   norm_f_ = add_module("norm_f", std::make_shared<Norm>(Norm::parse(cfg.norm), cfg.d_model, cfg.bias, cfg.norm_eps));
   if (!cfg.tie_embeddings) head_ = add_module("head", std::make_shared<Linear>(cfg.d_model, padded_vocab_, false, cfg.init_std));
 }

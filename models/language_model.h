@@ -1,7 +1,8 @@
 // Causal language model assembled from the model config:
 //   ids [B, T] -> embed (+ learned positions) -> blocks -> norm_f -> head -> logits [B, T, V]
 // A block is  x + mixer(norm1(x)),  then  x + mlp(norm2(x)).  The mixer of each layer comes from
-// the resolved layer list (config `layers` or tiled `pattern`). The head is tied to the embedding
+// the resolved layer list (config `layers` or tiled `pattern`); each block is built from its layer's
+// settings (ModelConfig::for_layer: model.overrides applied). The head is tied to the embedding
 // table unless configured otherwise. The vocabulary is padded up to a multiple of vocab_pad_to.
 #pragma once
 #include <memory>
@@ -18,6 +19,7 @@ namespace seqtrain {
 
 class Block : public Module {
  public:
+  // `cfg`: this layer's settings (ModelConfig::for_layer); read during construction only.
   Block(const train::ModelConfig& cfg, const std::string& mixer_type, int64_t index);
   Tensor forward(const Tensor& x);
   Tensor step(MixerState& state, const Tensor& x);

@@ -241,6 +241,16 @@ struct NullableString {
   std::string& value;
 };
 
+// model.overrides: layer index -> canonical override text (config.h).
+struct LayerOverrides {
+  std::map<int64_t, std::string>& value;
+};
+
+// The part of ModelConfig that model.overrides.<i> may set.
+struct LayerSettings {
+  ModelConfig& model;
+};
+
 template <typename V>
 void fields(V& v, RunConfig& c) {
   v("name", c.name);
@@ -310,6 +320,17 @@ void fields(V& v, ModelConfig& c) {
   v("tie_embeddings", c.tie_embeddings);
   v("bias", c.bias);
   v("init_std", c.init_std);
+  v("overrides", LayerOverrides{c.overrides});
+}
+template <typename V>
+void fields(V& v, LayerSettings& c) {
+  v("attn", c.model.attn);
+  v("swa", c.model.swa);
+  v("mamba", c.model.mamba);
+  v("hedgehog", c.model.hedgehog);
+  v("aaren", c.model.aaren);
+  v("mlp", c.model.mlp);
+  v("norm_eps", c.model.norm_eps);
 }
 template <typename V>
 void fields(V& v, DataConfig& c) {
@@ -385,6 +406,59 @@ struct IsSection : std::false_type {};
 template <typename T>
 struct IsSection<T, std::void_t<decltype(fields(std::declval<KeyLister&>(), std::declval<T&>()))>>
     : std::true_type {};
+
+// ---- writing -------------------------------------------------------------------------------------
+
+// The shortest text that reads back to the same double; integral values keep a ".0" so they read
+// as the numbers they are rather than as "1e+04".
+std::string format_double(double x) {
+  char text[40];
+  if (x == std::trunc(x) && std::abs(x) < 1e15) {
+    std::snprintf(text, sizeof text, "%.1f", x);
+    return text;
+  }
+  for (int digits = 1; digits <= 17; ++digits) {
+    std::snprintf(text, sizeof text, "%.*g", digits, x);
+    if (std::strtod(text, nullptr) == x) break;
+  }
+  return text;
+}
+
+struct Writer {
+  YAML::Emitter& out;
+
+  template <typename T>
+  void operator()(const char* key, T&& value) {
+    out << YAML::Key << key << YAML::Value;
+    if constexpr (IsSection<std::decay_t<T>>::value) {
+      out << YAML::BeginMap;
+      fields(*this, value);
+      out << YAML::EndMap;
+    } else {
+      write(value);
+    }
+  }
+
+  void write(int64_t v) { out << std::to_string(v); }
+  void write(int v) { out << std::to_string(v); }
+  void write(uint64_t v) { out << std::to_string(v); }
+  void write(double v) { out << format_double(v); }
+  void write(bool v) { out << (v ? "true" : "false"); }
+  void write(const std::string& v) { out << v; }
+  void write(const NullableString& v) {
+    if (v.value.empty()) out << YAML::Null;
+    else out << v.value;
+  }
+  void write(const std::array<double, 2>& v) {
+    out << YAML::Flow << YAML::BeginSeq << format_double(v[0]) << format_double(v[1]) << YAML::EndSeq;
+  }
+  void write(const std::vector<std::string>& v) {
+    out << YAML::Flow << YAML::BeginSeq;
+    for (const std::string& s : v) out << s;
+    out << YAML::EndSeq;
+  }
+  void write(const LayerOverrides& v);  // with the overrides, below
+};
 
 // ---- reading values ------------------------------------------------------------------------------
 
@@ -472,6 +546,8 @@ void convert(const Tree& v, const std::string& key, T&& out, Context&) {
   convert(v, key, std::forward<T>(out));
 }
 
+void convert(const Tree& v, const std::string& key, LayerOverrides out, Context& ctx);
+
 template <typename T>
 void read_section(const Tree& map, const std::string& path, Context& ctx, T& out);
 
@@ -508,6 +584,136 @@ void read_section(const Tree& map, const std::string& path, Context& ctx, T& out
       fail(e.key_origin, join_key(path, e.key), "unknown key" + suggestion(e.key, valid.keys));
   Reader reader{map, path, ctx};
   fields(reader, out);
+}
+
+// ---- per-layer overrides -------------------------------------------------------------------------
+// Each layer's override is read into a copy of the model with the same field lists as the model
+// itself, so it gets the same strict conversion and did-you-mean; it is stored as the text that
+// write_override makes of it (config.h) and re-read when a layer is built or the config written.
+
+std::string override_key(int64_t layer) { return str_cat("model.overrides.", layer); }
+
+// Reads an override mapping into `layer`. A model key outside the per-layer sections is named as
+// such; any other unknown key gets the usual suggestion.
+void read_layer_settings(const Tree& map, const std::string& path, Context& ctx, ModelConfig& layer) {
+  LayerSettings settings{layer};
+  KeyLister per_layer, model_keys;
+  fields(per_layer, settings);
+  fields(model_keys, layer);
+  auto listed = [](const KeyLister& list, const std::string& key) {
+    return std::find(list.keys.begin(), list.keys.end(), key) != list.keys.end();
+  };
+  for (const Tree::Entry& e : map.entries)
+    if (!listed(per_layer, e.key) && listed(model_keys, e.key))
+      fail(e.key_origin, join_key(path, e.key),
+           "cannot be overridden per layer; expected one of " + join_list(per_layer.keys));
+  read_section(map, path, ctx, settings);
+}
+
+// Writes the keys `given` sets, in field order, with the values read from it into the struct: any
+// spelling of one override ("064", a block mapping, keys in another order) writes the same text.
+struct GivenWriter {
+  YAML::Emitter& out;
+  const Tree& given;
+
+  template <typename T>
+  void operator()(const char* key, T&& value) {
+    const Tree::Entry* entry = given.find(key);
+    if (!entry) return;
+    out << YAML::Key << key << YAML::Value;
+    if constexpr (IsSection<std::decay_t<T>>::value) {
+      out << YAML::BeginMap;
+      if (entry->value.kind == Tree::Kind::Map) {
+        GivenWriter inner{out, entry->value};
+        fields(inner, value);
+      }
+      out << YAML::EndMap;
+    } else {
+      Writer{out}.write(value);
+    }
+  }
+};
+
+// `map` was read into `layer` by read_layer_settings.
+void write_override(YAML::Emitter& out, const Tree& map, ModelConfig& layer) {
+  LayerSettings settings{layer};
+  GivenWriter writer{out, map};
+  out << YAML::BeginMap;
+  fields(writer, settings);
+  out << YAML::EndMap;
+}
+
+void convert(const Tree& v, const std::string& key, LayerOverrides out, Context& ctx) {
+  out.value.clear();
+  if (v.kind == Tree::Kind::Null) return;
+  if (v.kind != Tree::Kind::Map)
+    fail(v.origin, key,
+         "expected a mapping from layer index to settings like {3: {attn: {window: 64}}}, got " + describe(v));
+  for (const Tree::Entry& e : v.entries) {
+    // An index is written as an integer key or a string of digits; both read as the same layer.
+    std::string given_key = join_key(key, e.key);
+    int64_t layer = 0;
+    bool digits = !e.key.empty() &&
+                  std::all_of(e.key.begin(), e.key.end(), [](unsigned char c) { return std::isdigit(c); });
+    if (!digits || std::from_chars(e.key.data(), e.key.data() + e.key.size(), layer).ec != std::errc())
+      fail(e.key_origin, given_key, "expected a layer index (a non-negative integer), got '" + e.key + "'");
+    if (out.value.count(layer))
+      fail(e.key_origin, given_key, str_cat("a second override of layer ", layer, "; expected one"));
+    ctx.origins[override_key(layer)] = e.key_origin;
+
+    Tree map = e.value;
+    if (map.kind == Tree::Kind::Null) map.kind = Tree::Kind::Map;  // `3:` with nothing under it
+    if (map.kind != Tree::Kind::Map)
+      fail(map.origin, given_key,
+           "expected a mapping of layer settings like {attn: {window: 64}}, got " + describe(map));
+    ModelConfig values;
+    read_layer_settings(map, override_key(layer), ctx, values);
+    YAML::Emitter text;
+    text << YAML::Flow;
+    write_override(text, map, values);
+    out.value[layer] = text.c_str();
+  }
+}
+
+// Stored override text -> its mapping (the text is ours, or a ModelConfig built in code).
+Tree parse_override(int64_t layer, const std::string& text) {
+  std::string key = override_key(layer);
+  YAML::Node node;
+  try {
+    node = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(str_cat(key, ": cannot parse '", text, "' as YAML: ", e.msg));
+  }
+  Tree map = from_yaml(node, Origin{key, 0}, key);
+  if (map.kind == Tree::Kind::Null) map.kind = Tree::Kind::Map;
+  if (map.kind != Tree::Kind::Map)
+    throw ConfigError(str_cat(key, ": expected a mapping of layer settings, got ", describe(map)));
+  return map;
+}
+
+// The base model with layer `layer`'s override applied, unchecked; the copy has no overrides.
+ModelConfig apply_override(const ModelConfig& base, int64_t layer) {
+  ModelConfig out = base;
+  out.overrides.clear();
+  auto it = base.overrides.find(layer);
+  if (it == base.overrides.end()) return out;
+  Context ctx{override_key(layer), {}};
+  read_layer_settings(parse_override(layer, it->second), override_key(layer), ctx, out);
+  return out;
+}
+
+void Writer::write(const LayerOverrides& v) {
+  if (v.value.empty()) out << YAML::Flow;  // "overrides: {}" on one line
+  out << YAML::BeginMap;
+  for (const auto& [layer, text] : v.value) {
+    Tree map = parse_override(layer, text);
+    ModelConfig values;
+    Context ctx{override_key(layer), {}};
+    read_layer_settings(map, override_key(layer), ctx, values);
+    out << YAML::Key << std::to_string(layer) << YAML::Value;
+    write_override(out, map, values);
+  }
+  out << YAML::EndMap;
 }
 
 // ---- presets -------------------------------------------------------------------------------------
@@ -633,6 +839,67 @@ void validate_mixers(const Validator& check, const std::string& key, const std::
   }
 }
 
+// The mixer and block settings of `m`, as the base model ("model") or one layer's override
+// ("model.overrides.3"); divisibility matters only for the mixer types in `used`.
+void validate_layer(const Validator& check, const ModelConfig& m, const std::string& prefix,
+                    const std::vector<std::string>& used) {
+  auto key = [&](const char* name) { return prefix + "." + name; };
+  check.positive(key("norm_eps"), m.norm_eps);
+  check.one_of(key("mlp.type"), m.mlp.type, {"gelu", "swiglu"});
+  check.positive(key("mlp.mult"), m.mlp.mult);
+  check.non_negative(key("mlp.hidden"), m.mlp.hidden);
+  check.positive(key("attn.n_heads"), m.attn.n_heads);
+  check.non_negative(key("attn.n_kv_heads"), m.attn.n_kv_heads);
+  check.check(m.d_model % m.attn.n_heads == 0, key("attn.n_heads"),
+              str_cat(m.attn.n_heads, " does not divide model.d_model = ", m.d_model, "; expected a divisor of it"));
+  check.check(m.attn.n_heads % m.kv_heads() == 0, key("attn.n_kv_heads"),
+              str_cat(m.attn.n_kv_heads, " does not divide ", key("attn.n_heads"), " = ", m.attn.n_heads,
+                      "; expected a divisor of it (or 0 for n_heads)"));
+  check.one_of(key("attn.pos"), m.attn.pos, {"rope", "learned", "none"});
+  if (m.attn.pos == "rope") {
+    check.check((m.d_model / m.attn.n_heads) % 2 == 0, key("attn.pos"),
+                str_cat("rope needs an even head size, got d_model / n_heads = ", m.d_model / m.attn.n_heads,
+                        "; expected an even number"));
+  }
+  check.non_negative(key("attn.window"), m.attn.window);
+  check.positive(key("swa.window"), m.swa.window);
+  check.positive(key("mamba.d_state"), m.mamba.d_state);
+  check.positive(key("mamba.d_conv"), m.mamba.d_conv);
+  check.positive(key("mamba.expand"), m.mamba.expand);
+  check.non_negative(key("mamba.dt_rank"), m.mamba.dt_rank);
+  check.positive(key("mamba.dt_min"), m.mamba.dt_min);
+  check.check(m.mamba.dt_max >= m.mamba.dt_min, key("mamba.dt_max"),
+              str_cat(m.mamba.dt_max, " is below ", key("mamba.dt_min"), " = ", m.mamba.dt_min,
+                      "; expected dt_min <= dt_max"));
+  check.positive(key("hedgehog.n_heads"), m.hedgehog.n_heads);
+  auto uses = [&](const char* type) { return std::find(used.begin(), used.end(), type) != used.end(); };
+  check.check(!uses("hedgehog") || m.d_model % m.hedgehog.n_heads == 0, key("hedgehog.n_heads"),
+              str_cat(m.hedgehog.n_heads, " does not divide model.d_model = ", m.d_model, "; expected a divisor of it"));
+  check.positive(key("hedgehog.feature_dim"), m.hedgehog.feature_dim);
+  check.positive(key("hedgehog.chunk"), m.hedgehog.chunk);
+  check.non_negative(key("hedgehog.window"), m.hedgehog.window);
+  check.positive(key("aaren.n_heads"), m.aaren.n_heads);
+  check.check(!uses("aaren") || m.d_model % m.aaren.n_heads == 0, key("aaren.n_heads"),
+              str_cat(m.aaren.n_heads, " does not divide model.d_model = ", m.d_model, "; expected a divisor of it"));
+  check.positive(key("attn.rope_theta"), m.attn.rope_theta);
+}
+
+// Layer `layer` of the (already checked) base model with its override applied and checked.
+ModelConfig checked_layer(const Validator& check, const ModelConfig& base, int64_t layer) {
+  std::string key = override_key(layer);
+  check.check(layer >= 0 && layer < base.n_layers, key,
+              str_cat("layer ", layer, " is out of range; expected 0 to ", base.n_layers - 1, " (model.n_layers is ",
+                      base.n_layers, ")"));
+  ModelConfig out = apply_override(base, layer);
+  if (!base.overrides.count(layer)) return out;
+  validate_layer(check, out, key, {base.resolved_layers()[static_cast<size_t>(layer)]});
+  // The position table is built once for the whole model.
+  check.check((out.attn.pos == "learned") == (base.attn.pos == "learned"), key + ".attn.pos",
+              str_cat("'", out.attn.pos, "' with model.attn.pos = '", base.attn.pos,
+                      "'; learned positions are model-wide, expected learned in every layer or in none"));
+  return out;
+}
+
 void validate(const Config& c, const Context& ctx) {
   Validator check(ctx);
 
@@ -669,51 +936,14 @@ void validate(const Config& c, const Context& ctx) {
     validate_mixers(check, "model.layers", m.layers);
   }
   check.one_of("model.norm", m.norm, {"rmsnorm", "layernorm"});
-  check.positive("model.norm_eps", m.norm_eps);
   check.positive("model.init_std", m.init_std);
-  check.one_of("model.mlp.type", m.mlp.type, {"gelu", "swiglu"});
-  check.positive("model.mlp.mult", m.mlp.mult);
-  check.non_negative("model.mlp.hidden", m.mlp.hidden);
-  check.positive("model.attn.n_heads", m.attn.n_heads);
-  check.non_negative("model.attn.n_kv_heads", m.attn.n_kv_heads);
-  check.check(m.d_model % m.attn.n_heads == 0, "model.attn.n_heads",
-              str_cat(m.attn.n_heads, " does not divide model.d_model = ", m.d_model, "; expected a divisor of it"));
-  check.check(m.attn.n_heads % m.kv_heads() == 0, "model.attn.n_kv_heads",
-              str_cat(m.attn.n_kv_heads, " does not divide model.attn.n_heads = ", m.attn.n_heads,
-                      "; expected a divisor of it (or 0 for n_heads)"));
-  check.one_of("model.attn.pos", m.attn.pos, {"rope", "learned", "none"});
-  if (m.attn.pos == "rope") {
-    check.check((m.d_model / m.attn.n_heads) % 2 == 0, "model.attn.pos",
-                str_cat("rope needs an even head size, got d_model / n_heads = ", m.d_model / m.attn.n_heads,
-                        "; expected an even number"));
-  }
+  validate_layer(check, m, "model", m.resolved_layers());
   if (m.attn.pos == "learned") {
     check.check(c.training.seq_len <= m.max_seq_len, "training.seq_len",
                 str_cat(c.training.seq_len, " exceeds model.max_seq_len = ", m.max_seq_len,
                         " (the learned position table); expected at most that"));
   }
-  check.non_negative("model.attn.window", m.attn.window);
-  check.positive("model.swa.window", m.swa.window);
-  check.positive("model.mamba.d_state", m.mamba.d_state);
-  check.positive("model.mamba.d_conv", m.mamba.d_conv);
-  check.positive("model.mamba.expand", m.mamba.expand);
-  check.non_negative("model.mamba.dt_rank", m.mamba.dt_rank);
-  check.positive("model.mamba.dt_min", m.mamba.dt_min);
-  check.check(m.mamba.dt_max >= m.mamba.dt_min, "model.mamba.dt_max",
-              str_cat(m.mamba.dt_max, " is below model.mamba.dt_min = ", m.mamba.dt_min, "; expected dt_min <= dt_max"));
-  check.positive("model.hedgehog.n_heads", m.hedgehog.n_heads);
-  // Divisibility matters only for the mixers the model uses.
-  std::vector<std::string> used = m.resolved_layers();
-  auto uses = [&](const char* type) { return std::find(used.begin(), used.end(), type) != used.end(); };
-  check.check(!uses("hedgehog") || m.d_model % m.hedgehog.n_heads == 0, "model.hedgehog.n_heads",
-              str_cat(m.hedgehog.n_heads, " does not divide model.d_model = ", m.d_model, "; expected a divisor of it"));
-  check.positive("model.hedgehog.feature_dim", m.hedgehog.feature_dim);
-  check.positive("model.hedgehog.chunk", m.hedgehog.chunk);
-  check.non_negative("model.hedgehog.window", m.hedgehog.window);
-  check.positive("model.aaren.n_heads", m.aaren.n_heads);
-  check.check(!uses("aaren") || m.d_model % m.aaren.n_heads == 0, "model.aaren.n_heads",
-              str_cat(m.aaren.n_heads, " does not divide model.d_model = ", m.d_model, "; expected a divisor of it"));
-  check.positive("model.attn.rope_theta", m.attn.rope_theta);
+  for (const auto& entry : m.overrides) checked_layer(check, m, entry.first);
 
   check.check(!c.data.train.empty(), "data.train", "is empty; expected a token file");
   check.check(c.training.eval_every == 0 || !c.data.val.empty(), "data.val",
@@ -776,58 +1006,6 @@ Config build_config(Tree root, const std::string& source, const std::optional<fs
   config.source = source;
   return config;
 }
-
-// ---- writing -------------------------------------------------------------------------------------
-
-// The shortest text that reads back to the same double; integral values keep a ".0" so they read
-// as the numbers they are rather than as "1e+04".
-std::string format_double(double x) {
-  char text[40];
-  if (x == std::trunc(x) && std::abs(x) < 1e15) {
-    std::snprintf(text, sizeof text, "%.1f", x);
-    return text;
-  }
-  for (int digits = 1; digits <= 17; ++digits) {
-    std::snprintf(text, sizeof text, "%.*g", digits, x);
-    if (std::strtod(text, nullptr) == x) break;
-  }
-  return text;
-}
-
-struct Writer {
-  YAML::Emitter& out;
-
-  template <typename T>
-  void operator()(const char* key, T&& value) {
-    out << YAML::Key << key << YAML::Value;
-    if constexpr (IsSection<std::decay_t<T>>::value) {
-      out << YAML::BeginMap;
-      fields(*this, value);
-      out << YAML::EndMap;
-    } else {
-      write(value);
-    }
-  }
-
-  void write(int64_t v) { out << std::to_string(v); }
-  void write(int v) { out << std::to_string(v); }
-  void write(uint64_t v) { out << std::to_string(v); }
-  void write(double v) { out << format_double(v); }
-  void write(bool v) { out << (v ? "true" : "false"); }
-  void write(const std::string& v) { out << v; }
-  void write(const NullableString& v) {
-    if (v.value.empty()) out << YAML::Null;
-    else out << v.value;
-  }
-  void write(const std::array<double, 2>& v) {
-    out << YAML::Flow << YAML::BeginSeq << format_double(v[0]) << format_double(v[1]) << YAML::EndSeq;
-  }
-  void write(const std::vector<std::string>& v) {
-    out << YAML::Flow << YAML::BeginSeq;
-    for (const std::string& s : v) out << s;
-    out << YAML::EndSeq;
-  }
-};
 
 }  // namespace
 
@@ -912,6 +1090,11 @@ int64_t ModelConfig::padded_vocab_size() const {
 
 int64_t ModelConfig::kv_heads() const { return attn.n_kv_heads == 0 ? attn.n_heads : attn.n_kv_heads; }
 
+ModelConfig ModelConfig::for_layer(int64_t i) const {
+  Context ctx{"model config", {}};  // a config built in code has no file to point to
+  return checked_layer(Validator(ctx), *this, i);
+}
+
 // ---- equality ------------------------------------------------------------------------------------
 
 bool operator==(const RunConfig& a, const RunConfig& b) {
@@ -936,10 +1119,10 @@ bool operator==(const AarenConfig& a, const AarenConfig& b) { return a.n_heads =
 bool operator==(const ModelConfig& a, const ModelConfig& b) {
   return std::tie(a.preset, a.vocab_size, a.vocab_pad_to, a.d_model, a.n_layers, a.max_seq_len, a.pattern, a.layers,
                   a.code, a.norm, a.norm_eps, a.mlp, a.attn, a.swa, a.mamba, a.hedgehog, a.aaren, a.tie_embeddings, a.bias,
-                  a.init_std) ==
+                  a.init_std, a.overrides) ==
          std::tie(b.preset, b.vocab_size, b.vocab_pad_to, b.d_model, b.n_layers, b.max_seq_len, b.pattern, b.layers,
                   b.code, b.norm, b.norm_eps, b.mlp, b.attn, b.swa, b.mamba, b.hedgehog, b.aaren, b.tie_embeddings, b.bias,
-                  b.init_std);
+                  b.init_std, b.overrides);
 }
 bool operator==(const DataConfig& a, const DataConfig& b) { return std::tie(a.train, a.val) == std::tie(b.train, b.val); }
 bool operator==(const OptimizerConfig& a, const OptimizerConfig& b) {

@@ -2,11 +2,13 @@
 // Unknown keys, wrong types, duplicate keys and inconsistent values are errors naming the file, line
 // and key. Defaults here are the documented defaults; a model preset (configs/models/<name>.yaml)
 // fills `model:` keys the run file does not give; `--set section.key=value` overrides (the value is
-// parsed as YAML, so `--set model.pattern=[mamba,attn]` works). The resolved config is written to
+// parsed as YAML, so `--set model.pattern=[mamba,attn]` works; a path not in the file is created, so
+// `--set model.overrides.1.attn.window=8` adds a layer override). The resolved config is written to
 // the run folder and into every checkpoint, and reads back to an equal Config.
 #pragma once
 #include <array>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -92,6 +94,12 @@ struct ModelConfig {
   bool bias = false;  // biases in linear layers and layernorm
   double init_std = 0.02;
   int64_t vocab_pad_to = 1;  // embedding rows are vocab_size rounded up to a multiple of this
+  // Per-layer settings (config key `model.overrides`: {3: {attn: {window: 64}}}): layer index ->
+  // the override as canonical flow YAML, "{attn: {window: 64}}" — only the keys given, in field
+  // order, each value as its typed reader would write it, so equal overrides compare equal and
+  // round-trip through to_yaml. Only the mixer and block sections (attn, swa, mamba, hedgehog,
+  // aaren, mlp, norm_eps) may appear; for_layer() applies them.
+  std::map<int64_t, std::string> overrides;
 
   // One mixer type per layer: `layers` if given (its length must be n_layers), else `pattern`
   // repeated and cut to n_layers, the way hybrid patterns are written (Jamba: [mamba x7, attn]).
@@ -103,6 +111,11 @@ struct ModelConfig {
   int64_t padded_vocab_size() const;
   // n_kv_heads with 0 resolved to n_heads.
   int64_t kv_heads() const;
+  // The settings of layer i (0-based): a copy with that layer's override, if any, applied and
+  // checked like the base model's mixer and block settings (the copy itself has no overrides).
+  // Model-wide keys stay as they are. Throws ConfigError for i outside [0, n_layers) or an
+  // inconsistent override; load_config has already run these checks for every override.
+  ModelConfig for_layer(int64_t i) const;
 };
 
 struct DataConfig {

@@ -1,13 +1,15 @@
-// Config: defaults, presets, --set overrides, strict errors (file, line, key), YAML round trip, and
-// the resolved layer list and its code.
+// Config: defaults, presets, --set overrides, strict errors (file, line, key), YAML round trip, the
+// resolved layer list and its code, and per-layer overrides (model.overrides) down to the model.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <map>
 #include <vector>
 
+#include "models/language_model.h"
 #include "test_util.h"
 #include "train/config.h"
 
@@ -238,6 +240,139 @@ TEST(Config, ToYamlParsesBackToAnEqualConfig) {
   }
   EXPECT_NE(to_yaml(configs[1]).find("preset: gpt2-124m"), std::string::npos);
   EXPECT_NE(to_yaml(configs[0]).find("recompute: false"), std::string::npos);
+}
+
+// The example of model.overrides: a Mamba layer with a larger state and one windowed attention layer.
+const char* kOverridesExample = R"(model:
+  n_layers: 4
+  code: MMHA
+  attn: {window: 0}
+  overrides:
+    3: {attn: {window: 64}}
+    0: {mamba: {d_state: 32}}
+)";
+
+TEST(Config, OverridesApplyToTheirLayerOnly) {
+  Config c = parse_config(kOverridesExample, "x.yaml");
+  const ModelConfig& m = c.model;
+  EXPECT_EQ(m.overrides, (std::map<int64_t, std::string>{{0, "{mamba: {d_state: 32}}"}, {3, "{attn: {window: 64}}"}}));
+  EXPECT_EQ(m.for_layer(0).mamba.d_state, 32);
+  EXPECT_EQ(m.for_layer(0).attn.window, 0);
+  EXPECT_EQ(m.for_layer(3).attn.window, 64);
+  EXPECT_EQ(m.for_layer(3).mamba.d_state, 16);
+  // A layer without an override is the base model; no layer config carries the overrides on.
+  ModelConfig base = m;
+  base.overrides.clear();
+  EXPECT_EQ(m.for_layer(1), base);
+  EXPECT_EQ(m.for_layer(2), base);
+  EXPECT_TRUE(m.for_layer(3).overrides.empty());
+  // Only the keys given are overridden: the rest of the section stays the base model's.
+  Config nested = parse_config("model: {attn: {n_heads: 8, n_kv_heads: 2}, overrides: {1: {attn: {n_kv_heads: 4}}}}\n", "x.yaml");
+  EXPECT_EQ(nested.model.for_layer(1).attn.n_heads, 8);
+  EXPECT_EQ(nested.model.for_layer(1).attn.n_kv_heads, 4);
+  EXPECT_EQ(nested.model.for_layer(0).attn.n_kv_heads, 2);
+  EXPECT_ERROR_MENTIONS(m.for_layer(4), "model.overrides.4: layer 4 is out of range; expected 0 to 3");
+}
+
+TEST(Config, OverridesAreStoredCanonically) {
+  // A string index, a block mapping, another key order and "064" all mean the same override.
+  Config flow = parse_config("model:\n  overrides: {2: {norm_eps: 1.0e-6, mlp: {hidden: 64, type: gelu}}}\n", "x.yaml");
+  Config block = parse_config(
+      "model:\n  overrides:\n    \"2\":\n      mlp:\n        type: gelu\n        hidden: 064\n      norm_eps: 0.000001\n",
+      "x.yaml");
+  EXPECT_EQ(flow, block);
+  EXPECT_EQ(flow.model.overrides.at(2), "{mlp: {type: gelu, hidden: 64}, norm_eps: 1e-06}");
+  EXPECT_EQ(flow.model.for_layer(2).mlp.type, "gelu");
+  EXPECT_EQ(flow.model.for_layer(2).norm_eps, 1e-6);
+  EXPECT_EQ(parse_config("model: {overrides: {1: }}\n", "x.yaml").model.overrides.at(1), "{}");
+}
+
+TEST(Config, OverridesRoundTripThroughToYaml) {
+  std::vector<Config> configs = {
+      parse_config(kOverridesExample, "a.yaml"),
+      parse_config("model: {preset: llama-small, overrides: {0: {attn: {pos: none, rope_theta: 500000}, swa: {window: 32}}}}\n",
+                   "b.yaml"),
+  };
+  for (const Config& c : configs) {
+    std::string text = to_yaml(c);
+    Config back = parse_config(text, "resolved.yaml");
+    EXPECT_EQ(back, c) << text;
+    EXPECT_EQ(to_yaml(back), text);
+  }
+  EXPECT_NE(to_yaml(configs[0]).find("  overrides:\n    0:\n      mamba:\n        d_state: 32\n"), std::string::npos)
+      << to_yaml(configs[0]);
+  EXPECT_NE(to_yaml(Config{}).find("\n  overrides: {}\n"), std::string::npos);
+  EXPECT_NE(configs[0], parse_config("model: {n_layers: 4, code: MMHA}\n", "a.yaml"));
+}
+
+TEST(Config, SetCreatesAndReplacesOverrides) {
+  // --set builds the path it names, so it can add a layer's override or one key of an existing one.
+  Config c = parse_config(kOverridesExample, "x.yaml",
+                          {"model.overrides.1.attn.window=8", "model.overrides.3.attn.n_kv_heads=2"});
+  EXPECT_EQ(c.model.for_layer(1).attn.window, 8);
+  EXPECT_EQ(c.model.for_layer(3).attn.window, 64);
+  EXPECT_EQ(c.model.for_layer(3).attn.n_kv_heads, 2);
+  EXPECT_EQ(c.model.for_layer(0).mamba.d_state, 32);
+  EXPECT_EQ(parse_config("", "x.yaml", {"model.overrides={2: {mamba: {d_state: 8}}}"}).model.for_layer(2).mamba.d_state, 8);
+  EXPECT_ERROR_MENTIONS(parse_config("", "x.yaml", {"model.overrides.1.atn.window=8"}),
+                        "--set model.overrides.1.atn.window=8: model.overrides.1.atn: unknown key; did you mean 'attn'?");
+}
+
+TEST(Config, OverrideErrorsNameTheKey) {
+  auto parse = [](const std::string& text) { return parse_config(text, "x.yaml"); };
+  EXPECT_ERROR_MENTIONS(parse("model:\n  overrides:\n    3:\n      d_model: 128\n"),
+                        "x.yaml:4: model.overrides.3.d_model: cannot be overridden per layer; expected one of attn, swa, "
+                        "mamba, hedgehog, aaren, mlp, norm_eps");
+  EXPECT_ERROR_MENTIONS(parse("model: {overrides: {0: {overrides: {}}}}\n"), "model.overrides.0.overrides: cannot be overridden");
+  EXPECT_ERROR_MENTIONS(parse("model:\n  n_layers: 4\n  overrides:\n    4: {attn: {window: 8}}\n"),
+                        "x.yaml:4: model.overrides.4: layer 4 is out of range; expected 0 to 3 (model.n_layers is 4)");
+  EXPECT_ERROR_MENTIONS(parse("model: {overrides: {-1: {}}}\n"), "model.overrides.-1: expected a layer index");
+  EXPECT_ERROR_MENTIONS(parse("model: {overrides: {last: {}}}\n"), "model.overrides.last: expected a layer index");
+  EXPECT_ERROR_MENTIONS(parse("model: {overrides: {1: {}, \"01\": {}}}\n"), "model.overrides.01: a second override of layer 1");
+  EXPECT_ERROR_MENTIONS(parse("model: {overrides: [1, 2]}\n"), "model.overrides: expected a mapping from layer index");
+  EXPECT_ERROR_MENTIONS(parse("model: {overrides: {1: 5}}\n"), "model.overrides.1: expected a mapping of layer settings");
+  EXPECT_ERROR_MENTIONS(parse("model:\n  overrides:\n    1:\n      mamba: {d_stat: 32}\n"),
+                        "x.yaml:4: model.overrides.1.mamba.d_stat: unknown key; did you mean 'd_state'?");
+  EXPECT_ERROR_MENTIONS(parse("model:\n  overrides:\n    1: {norm_ep: 1}\n"),
+                        "x.yaml:3: model.overrides.1.norm_ep: unknown key; did you mean 'norm_eps'?");
+  EXPECT_ERROR_MENTIONS(parse("model: {overrides: {1: {attn: {window: wide}}}}\n"),
+                        "model.overrides.1.attn.window: expected an integer, got 'wide'");
+  // Per-layer values get the base model's consistency checks, named by the override's key.
+  EXPECT_ERROR_MENTIONS(parse("model:\n  overrides:\n    2:\n      attn: {n_kv_heads: 3}\n"),
+                        "x.yaml:4: model.overrides.2.attn.n_kv_heads: 3 does not divide model.overrides.2.attn.n_heads = 4");
+  EXPECT_ERROR_MENTIONS(parse("model:\n  overrides:\n    0:\n      attn:\n        n_heads: 3\n"),
+                        "x.yaml:5: model.overrides.0.attn.n_heads: 3 does not divide model.d_model = 256");
+  EXPECT_ERROR_MENTIONS(parse("model: {overrides: {1: {mamba: {d_state: 0}}}}\n"),
+                        "model.overrides.1.mamba.d_state: got 0; expected a positive value");
+  EXPECT_ERROR_MENTIONS(parse("model: {overrides: {1: {attn: {pos: learned}}}}\n"),
+                        "model.overrides.1.attn.pos: 'learned' with model.attn.pos = 'rope'; learned positions are model-wide");
+  // Divisibility of a mixer's heads matters only where that mixer is the layer's.
+  EXPECT_ERROR_MENTIONS(parse("model: {code: AH, n_layers: 2, overrides: {1: {hedgehog: {n_heads: 3}}}}\n"),
+                        "model.overrides.1.hedgehog.n_heads: 3 does not divide model.d_model = 256");
+  EXPECT_EQ(parse("model: {code: AH, n_layers: 2, overrides: {0: {hedgehog: {n_heads: 3}}}}\n").model.for_layer(0).hedgehog.n_heads, 3);
+}
+
+TEST(Config, ModelBuildsEachBlockFromItsLayerSettings) {
+  Config c = parse_config(R"(model:
+  d_model: 32
+  n_layers: 3
+  code: MMA
+  attn: {n_heads: 4, n_kv_heads: 4}
+  overrides:
+    0: {mamba: {d_state: 32}}
+    2: {attn: {n_kv_heads: 2}, mlp: {hidden: 48}}
+)",
+                          "x.yaml");
+  LanguageModel model(c.model);
+  std::map<std::string, Shape> shapes;
+  for (auto& [name, p] : model.named_parameters()) shapes[name] = p->value.shape();
+  const int64_t E = 2 * 32;  // mamba.expand * d_model
+  EXPECT_EQ(shapes.at("blocks.0.mixer.A_log"), (Shape{E, 32}));
+  EXPECT_EQ(shapes.at("blocks.1.mixer.A_log"), (Shape{E, 16}));
+  // Layer 2: 4 query heads and 2 key/value heads of size 8; an explicit MLP width.
+  EXPECT_EQ(shapes.at("blocks.2.mixer.c_attn.weight"), (Shape{(4 + 2 * 2) * 8, 32}));
+  EXPECT_EQ(shapes.at("blocks.2.mlp.w1.weight"), (Shape{48, 32}));
+  EXPECT_EQ(shapes.at("blocks.1.mlp.w1.weight"), (Shape{128, 32}));
 }
 
 TEST(Config, ResolvedLayersTileAndTruncateThePattern) {
