@@ -1,8 +1,10 @@
 // The `seqtrain` command line: one binary, one subcommand per task (DESIGN.md §7).
 // Exit status 0 only on success; errors are one line on stderr.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <iostream>
 #include <map>
 #include <string>
@@ -16,6 +18,7 @@
 #include "train/config.h"
 #include "train/generate.h"
 #include "train/layer_run.h"
+#include "train/sweep.h"
 #include "train/trainer.h"
 
 using namespace seqtrain;
@@ -32,6 +35,7 @@ const char* kUsage =
     "  inspect CHECKPOINT.h5\n"
     "  bench CONFIG.yaml [--steps N] [--warmup N] [--set key=value ...]\n"
     "  layer-run CASE.h5 OUT.h5                  run one layer on given weights and inputs\n"
+    "  sweep SWEEP.yaml [--set key=value ...] [--out DIR] [--timeout S] [--retry-failed]\n"
     "\n"
     "Run 'seqtrain <command> --help' for a command's options.\n";
 
@@ -253,6 +257,65 @@ int cmd_layer_run(int argc, char** argv) {
   return 0;
 }
 
+int cmd_sweep(int argc, char** argv) {
+  // --retry-failed is a flag; Args only knows "--name value" options.
+  std::vector<char*> rest(argv, argv + argc);
+  bool retry_failed = false;
+  rest.erase(std::remove_if(rest.begin() + 2, rest.end(),
+                            [&](char* s) { return std::strcmp(s, "--retry-failed") == 0 && (retry_failed = true); }),
+             rest.end());
+  Args a(int(rest.size()), rest.data(), 2, {"set", "out", "timeout"});
+  if (a.help) {
+    std::printf(
+        "usage: seqtrain sweep SWEEP.yaml [--set key=value ...] [--out DIR] [--timeout SECONDS] [--retry-failed]\n\n"
+        "Runs one training per point of a hyperparameter sweep, one after another, each as a child\n"
+        "'seqtrain train' in <out>/trials/<id>/ (id: a hash of the point's values and repeat index).\n"
+        "The spec (keys: base, out, method, grid | random + samples | list, set, repeats, metric,\n"
+        "launcher, nproc) and every trial's config are validated before anything starts:\n\n"
+        "  base: configs/runs/smoke.yaml     # every trial = base + set + --set + its axis values\n"
+        "  out: sweeps/demo\n"
+        "  method: grid                      # grid | random | list\n"
+        "  grid: {model.pattern: [[attn], [mamba]], model.d_model: [32, 64]}\n"
+        "  # random: {optimizer.lr: {dist: log_uniform, min: 1.0e-4, max: 3.0e-3}}   (uniform | log_uniform:\n"
+        "  #   min, max; choice: values)\n"
+        "  # samples: 20\n"
+        "  # list: [{model.pattern: [attn]}, {model.pattern: [hedgehog], model.d_model: 48}]\n"
+        "  set: {training.steps: 200}\n"
+        "  repeats: 1                        # seeds per point: repeat r trains with run.seed + r\n"
+        "  metric: {name: val_loss, goal: minimize}\n"
+        "  launcher: null                    # e.g. \"mpirun -np {nproc}\" with nproc: 2\n\n"
+        "Each trial leaves summary.json (status ok | nan | crash | timeout | oom, n_params, val loss and\n"
+        "bpb, median tokens/s, tokens seen, wall time); <out>/results.csv is rebuilt from them. A re-run\n"
+        "skips trials that finished ok and resumes a killed one from its last checkpoint; failed ones\n"
+        "re-run only with --retry-failed. --timeout kills a trial (SIGKILL) after SECONDS. --set applies\n"
+        "to every trial (e.g. data paths). Plots and report.md: scripts/plot_sweep.py, run at the end\n"
+        "when python3 has matplotlib and pandas.\n");
+    return 0;
+  }
+  if (a.positional.size() != 1) throw UsageError("sweep takes exactly one SWEEP.yaml");
+  train::SweepOptions options;
+  options.set = a.all("set");
+  options.out = a.get("out");
+  options.timeout_s = a.number("timeout", 0);
+  options.retry_failed = retry_failed;
+  train::SweepSpec spec = train::load_sweep(a.positional[0], options);
+  std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  // Trials that end in nan, crash, timeout or oom are results of the sweep, not its failure.
+  train::run_sweep(spec, options, self);
+
+  const std::string script = std::string(SEQTRAIN_SOURCE_DIR) + "/scripts/plot_sweep.py";
+  const std::string plot = "/usr/bin/python3 " + script + " " + spec.out + " --metric " + spec.metric +
+                           " --goal " + spec.goal;
+  std::fflush(stdout);
+  if (std::system("/usr/bin/python3 -c 'import matplotlib, pandas' >/dev/null 2>&1") == 0) {
+    if (std::system(plot.c_str()) != 0) std::printf("plotting failed; rerun: %s\n", plot.c_str());
+  } else {
+    std::printf("plots and report.md: install matplotlib and pandas for /usr/bin/python3, then run\n  %s\n",
+                plot.c_str());
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -263,7 +326,8 @@ int main(int argc, char** argv) {
   const std::string cmd = argv[1];
   const std::map<std::string, int (*)(int, char**)> commands = {
       {"train", cmd_train}, {"generate", cmd_generate}, {"prepare-data", cmd_prepare},
-      {"inspect", cmd_inspect}, {"bench", cmd_bench}, {"layer-run", cmd_layer_run}};
+      {"inspect", cmd_inspect}, {"bench", cmd_bench}, {"layer-run", cmd_layer_run},
+      {"sweep", cmd_sweep}};
   auto it = commands.find(cmd);
   if (it == commands.end()) {
     std::fprintf(stderr, "seqtrain: unknown command '%s'\n%s", cmd.c_str(), kUsage);

@@ -1,0 +1,54 @@
+// Hyperparameter sweeps (`seqtrain sweep SWEEP.yaml`): a spec names a base run config, the axes to
+// vary (grid | random | list) and fixed overrides; every trial is base + set + its axis values, run as
+// a child `seqtrain train` process in <out>/trials/<id>/. The whole spec, and every trial's resolved
+// config, is validated before anything is created. Finished trials (summary.json with status ok) are
+// skipped on a re-run, so a killed sweep resumes where it stopped.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "train/config.h"
+
+namespace seqtrain::train {
+
+// One trial: its axis values as ("model.d_model", "64") pairs in spec order (values are YAML, the
+// same text `--set key=value` takes), the repeat index, and the id derived from both.
+struct Trial {
+  std::vector<std::pair<std::string, std::string>> axes;
+  int64_t repeat = 0;
+  std::string id;      // 12 hex digits: FNV-1a 64 of the sorted "key=value" list and the repeat
+  Config config;       // base + set + axes, run.seed + repeat, run.dir = <out>/trials/<id>
+};
+
+struct SweepSpec {
+  std::string path;    // the spec file
+  std::string base;    // the base run config
+  std::string out;     // the sweep folder
+  std::string method;  // grid | random | list
+  std::vector<std::string> swept_keys;  // every axis key, in order of first appearance
+  std::vector<Trial> trials;
+  std::string metric = "val_loss";
+  std::string goal = "minimize";  // minimize | maximize
+  std::string launcher;           // empty = run the binary directly; else a prefix with {nproc}
+  int64_t nproc = 1;
+};
+
+struct SweepOptions {
+  std::vector<std::string> set;  // `--set key=value` applied to every trial after the spec's `set`
+  std::string out;               // replaces the spec's `out` when not empty
+  double timeout_s = 0;          // > 0: a trial running longer is killed (status timeout)
+  bool retry_failed = false;     // re-run trials whose summary says nan | crash | timeout | oom
+};
+
+// Reads and validates the spec and resolves every trial's config. Creates nothing. Throws
+// ConfigError ("<file>:<line>: <key>: <what>; expected <what>") on the first problem.
+SweepSpec load_sweep(const std::string& path, const SweepOptions& options);
+
+// Runs the trials one after another (skipping finished ones), printing one line per trial, and
+// rebuilds <out>/results.csv after each. `self` is the seqtrain binary. Returns the number of trials
+// whose status is not ok.
+int run_sweep(const SweepSpec& spec, const SweepOptions& options, const std::string& self);
+
+}  // namespace seqtrain::train
