@@ -50,20 +50,6 @@ std::string join_list(const std::vector<std::string>& names) {
   return out;
 }
 
-size_t edit_distance(const std::string& a, const std::string& b) {
-  std::vector<size_t> row(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    size_t diagonal = row[0];
-    row[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      size_t substitute = diagonal + (a[i - 1] == b[j - 1] ? 0 : 1);
-      diagonal = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, substitute});
-    }
-  }
-  return row[b.size()];
-}
 
 // "; did you mean 'x'?" for a near miss, else the whole list.
 std::string suggestion(const std::string& name, const std::vector<std::string>& valid) {
@@ -1147,6 +1133,22 @@ bool operator==(const ParallelConfig& a, const ParallelConfig& b) {
 bool operator==(const Config& a, const Config& b) {
   return std::tie(a.run, a.model, a.data, a.optimizer, a.schedule, a.training, a.checkpoint, a.logging, a.parallel) ==
          std::tie(b.run, b.model, b.data, b.optimizer, b.schedule, b.training, b.checkpoint, b.logging, b.parallel);
+}
+
+// Levenshtein distance, for "did you mean" suggestions.
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t substitute = diagonal + (a[i - 1] == b[j - 1] ? 0 : 1);
+      diagonal = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, substitute});
+    }
+  }
+  return row[b.size()];
 }
 
 }  // namespace seqtrain::train

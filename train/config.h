@@ -212,4 +212,7 @@ Config parse_config(const std::string& yaml_text, const std::string& source_name
 // parse_config reads back to an equal Config.
 std::string to_yaml(const Config& config);
 
+// Levenshtein distance between two keys (for "did you mean" suggestions).
+size_t edit_distance(const std::string& a, const std::string& b);
+
 }  // namespace seqtrain::train

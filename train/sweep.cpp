@@ -31,21 +31,6 @@ const std::vector<std::string> kTopKeys = {"base", "out", "method", "grid", "ran
                                            "set", "repeats", "metric", "launcher", "nproc"};
 const std::vector<std::string> kMetrics = {"val_loss", "best_val_loss", "val_bpb", "best_val_bpb", "tokens_per_s"};
 
-size_t edit_distance(const std::string& a, const std::string& b) {
-  std::vector<size_t> row(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    size_t diagonal = row[0];
-    row[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      size_t substitute = diagonal + (a[i - 1] == b[j - 1] ? 0 : 1);
-      diagonal = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, substitute});
-    }
-  }
-  return row[b.size()];
-}
-
 std::string one_of(const std::vector<std::string>& valid) {
   std::string out;
   for (const std::string& v : valid) out += (out.empty() ? "" : " | ") + v;
