@@ -9,10 +9,12 @@
 // from HBM once. dw/db are reduced without atomics: each block accumulates the rows it owns into
 // its own partial row, and sum_partials adds the partial rows in a fixed order.
 #include "core/backend.h"
+#include "core/cuda/mma.cuh"
 #include "core/cuda/rowwise.cuh"
 #include "core/cuda/runtime.h"
 
 #include <atomic>
+#include <cstdlib>
 #include <type_traits>
 
 namespace seqtrain::cuda {
@@ -386,6 +388,161 @@ __global__ void __launch_bounds__(kWarpBlock, (backward_warp_min_blocks<K, R>())
   }
 }
 
+// ---- pipelined backward: rows staged through shared memory by cp.async ----
+// A group of G threads per row (G = 32: one warp, eight rows per block; G = 256: the whole block);
+// thread `lane` owns the 16-byte chunks lane + k * G (k < K) of every row its group visits, and the
+// group walks the rows first, first + stride, ... (persistent grid). While one row is reduced and
+// written, the x and dy chunks of the next S - 1 rows are in flight: cp.async into the thread's own
+// shared-memory slots, which only that thread reads, so the staging needs no barrier. dw (and db)
+// accumulate in registers and are combined over the block's groups in group order into its partial
+// row at the end (fixed order: the result depends only on the shape and the device).
+// Bytes as the other backward kernels (3 * rows * n * sizeof(T) + partials); shared memory
+// 256 * S * 2 * K * 16 bytes per block.
+constexpr int kPipeBlock = 256, kPipeStages = 3;
+
+template <int G, int K, int S> constexpr size_t pipe_stage_bytes() { return size_t(kPipeBlock) * S * 2 * K * 16; }
+
+template <class T, class W, int G, int K, int S, bool Center, bool HasBias>
+__global__ void __launch_bounds__(kPipeBlock, 2)
+    norm_backward_pipelined_kernel(const T* __restrict__ x, const W* __restrict__ weight,
+                                   const acc_t<T>* __restrict__ mean, const acc_t<T>* __restrict__ rstd,
+                                   const T* __restrict__ dy, T* __restrict__ dx, acc_t<T>* __restrict__ partials,
+                                   int64_t rows, int n, int chunks) {
+  using A = acc_t<T>;
+  constexpr int VEC = kVec<T>;
+  using C = Chunk<T, VEC>;
+  using WC = Chunk<W, VEC>;
+  constexpr int kGroups = kPipeBlock / G;
+  constexpr int kWarps = kPipeBlock / kWarpSize;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ A scratch[2][kWarps][2];  // per-warp (sum_g, sum_gx), double-buffered by row parity (G = 256)
+  const int g = threadIdx.x / G, lane = threadIdx.x % G;
+  C* stage = reinterpret_cast<C*>(smem_raw) + size_t(g) * S * 2 * K * G;  // [S][x | dy][K][G]
+  auto slot = [&](int s, int which, int k) { return stage + ((s * 2 + which) * K + k) * G + lane; };
+
+  const int64_t stride = int64_t(gridDim.x) * kGroups;
+  const int64_t first = int64_t(blockIdx.x) * kGroups + g;
+  // Issues the copies of `row` into stage s and commits them as one group (an empty group past the
+  // last row, so that every thread's group count stays in step with the rows).
+  auto issue = [&](int64_t row, int s) {
+    if (row < rows) {
+      const T* xr = x + size_t(row) * size_t(n);
+      const T* dyr = dy + size_t(row) * size_t(n);
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        const int ci = lane + k * G;
+        if (ci < chunks) {
+          cp_async16(smem_addr(slot(s, 0, k)), xr + size_t(ci) * VEC, true);
+          cp_async16(smem_addr(slot(s, 1, k)), dyr + size_t(ci) * VEC, true);
+        }
+      }
+    }
+    cp_async_commit();
+  };
+
+  A dw[K][VEC], db[K][VEC];
+#pragma unroll
+  for (int k = 0; k < K; ++k)
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) dw[k][i] = db[k][i] = 0;
+
+#pragma unroll
+  for (int s = 0; s + 1 < S; ++s) issue(first + s * stride, s);
+  int s_cur = 0, parity = 0;
+  // The loop bound is uniform over the group (the block when G = 256, whose reduction has a barrier).
+  for (int64_t row = first; row < rows; row += stride) {
+    issue(row + (S - 1) * stride, s_cur == 0 ? S - 1 : s_cur - 1);
+    cp_async_wait<S - 1>();  // this row's copies (all but the S - 1 newest groups) have landed
+    const A mu = Center ? mean[row] : A(0);
+    const A rs = rstd[row];
+    A sum_g = 0, sum_gx = 0;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int ci = lane + k * G;
+      if (ci < chunks) {
+        const C xv = *slot(s_cur, 0, k), dyv = *slot(s_cur, 1, k);
+        const WC wc = load_chunk<VEC>(weight + size_t(ci) * VEC);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+          const A gi = elem(dyv, i) * to_acc(wc.v[i]);
+          sum_g += gi;
+          sum_gx += gi * ((elem(xv, i) - mu) * rs);
+        }
+      }
+    }
+    sum_g = warp_sum(sum_g);
+    sum_gx = warp_sum(sum_gx);
+    if constexpr (G > kWarpSize) {
+      const int warp = threadIdx.x / kWarpSize;
+      if (threadIdx.x % kWarpSize == 0) scratch[parity][warp][0] = sum_g, scratch[parity][warp][1] = sum_gx;
+      __syncthreads();
+      sum_g = scratch[parity][0][0];
+      sum_gx = scratch[parity][0][1];
+#pragma unroll
+      for (int w = 1; w < kWarps; ++w) sum_g += scratch[parity][w][0], sum_gx += scratch[parity][w][1];
+      parity ^= 1;
+    }
+    const A mean_g = Center ? sum_g / A(n) : A(0);
+    const A mean_gx = sum_gx / A(n);
+    T* dxr = dx + size_t(row) * size_t(n);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int ci = lane + k * G;
+      if (ci < chunks) {
+        const C xv = *slot(s_cur, 0, k), dyv = *slot(s_cur, 1, k);
+        const WC wc = load_chunk<VEC>(weight + size_t(ci) * VEC);
+        C out;
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+          const A d = elem(dyv, i), xhat = (elem(xv, i) - mu) * rs;
+          out.v[i] = to_storage<T>(rs * (d * to_acc(wc.v[i]) - mean_g - xhat * mean_gx));
+          dw[k][i] += d * xhat;
+          if constexpr (HasBias) db[k][i] += d;
+        }
+        store_chunk<VEC>(dxr + size_t(ci) * VEC, out);
+      }
+    }
+    s_cur = s_cur + 1 == S ? 0 : s_cur + 1;
+  }
+  cp_async_wait<0>();
+
+  // The block's partial row: group 0's sums plus groups 1, 2, ... in order (G = 32: through shared
+  // memory, which the stages no longer need).
+  const int width = HasBias ? 2 * n : n;
+  A* out = partials + size_t(blockIdx.x) * width;
+  if constexpr (kGroups == 1) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int ci = lane + k * G;
+      if (ci < chunks)
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+          out[ci * VEC + i] = dw[k][i];
+          if constexpr (HasBias) out[n + ci * VEC + i] = db[k][i];
+        }
+    }
+  } else {
+    __syncthreads();
+    A* sums = reinterpret_cast<A*>(smem_raw);  // [kGroups][width]
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int ci = lane + k * G;
+      if (ci < chunks)
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+          sums[size_t(g) * width + ci * VEC + i] = dw[k][i];
+          if constexpr (HasBias) sums[size_t(g) * width + n + ci * VEC + i] = db[k][i];
+        }
+    }
+    __syncthreads();
+    for (int j = threadIdx.x; j < width; j += kPipeBlock) {
+      A total = sums[j];
+      for (int q = 1; q < kGroups; ++q) total += sums[size_t(q) * width + j];
+      out[j] = total;
+    }
+  }
+}
+
 // out0[j] (j < n) and out1[j - n] (n <= j < width) = sum_p partials[p * width + j], p < P, in a
 // fixed order: thread row ty sums p = ty, ty + 32, ... in four interleaved running sums (added
 // in order at the end), then the 32 thread rows are added in order. Block (32, 32) per 32
@@ -503,6 +660,61 @@ void launch_backward_warp(const Tensor& x, const Tensor& weight, const Tensor* m
   CUDA_CHECK_LAUNCH(sum_norm_partials_kernel);
 }
 
+// Launches the pipelined backward (16-byte chunks; K chunks per thread, G threads per row) and the
+// fixed-order sum of its per-block partial rows into dweight (and dbias).
+template <class T, class W, int G, int K, bool Center, bool HasBias>
+void launch_backward_pipelined(const Tensor& x, const Tensor& weight, const Tensor* mean, const Tensor& rstd,
+                               const Tensor& dy, Tensor& dx, Tensor& dweight, Tensor* dbias, int64_t rows, int n,
+                               int chunks, cudaStream_t stream) {
+  using A = acc_t<T>;
+  constexpr int S = kPipeStages, kGroups = kPipeBlock / G;
+  constexpr auto kernel = norm_backward_pipelined_kernel<T, W, G, K, S, Center, HasBias>;
+  const int width = HasBias ? 2 * n : n;
+  // The stages, or (G = 32) the groups' partial rows combined at the end, whichever is larger.
+  constexpr size_t stage_bytes = pipe_stage_bytes<G, K, S>();
+  constexpr size_t max_sums = size_t(kGroups) * 2 * G * K * kVec<T> * sizeof(A);
+  constexpr size_t smem = kGroups == 1 || stage_bytes >= max_sums ? stage_bytes : max_sums;
+  static const bool configured = [&] {
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    return true;
+  }();
+  (void)configured;
+  const int64_t resident = int64_t(sm_count(x.device().index)) * warp_blocks_per_sm<kernel>(smem);
+  // Rows per group: as few as the resident groups allow, then as few blocks as give every group
+  // that many (at most one fewer).
+  const int64_t slots = resident * kGroups, per_group = (rows + slots - 1) / slots;
+  const int64_t groups = (rows + per_group - 1) / per_group;
+  const int grid = int((groups + kGroups - 1) / kGroups);
+  Tensor partials = Tensor::empty({int64_t(grid), width}, stats_dtype<T>(), x.device());
+  kernel<<<grid, kPipeBlock, smem, stream>>>(x.data<T>(), weight.data<W>(), mean ? mean->data<A>() : nullptr,
+                                             rstd.data<A>(), dy.data<T>(), dx.data<T>(), partials.data<A>(), rows,
+                                             n, chunks);
+  CUDA_CHECK_LAUNCH(norm_backward_pipelined_kernel);
+  const unsigned rgrid = unsigned((width + kRedCols - 1) / kRedCols);
+  sum_norm_partials_kernel<A, W><<<rgrid, dim3(kRedCols, kRedRows), 0, stream>>>(
+      partials.data<A>(), grid, n, width, dweight.data<W>(), HasBias ? dbias->data<W>() : nullptr);
+  CUDA_CHECK_LAUNCH(sum_norm_partials_kernel);
+}
+
+// Calls f(integral_constant<G>, integral_constant<K>) for the pipelined backward's shape of a row of
+// `chunks` 16-byte chunks: a warp per row up to 128 chunks (K = 1..4 per lane), the block up to
+// 1024 (K = 1..4 per thread); returns false for longer rows.
+template <class F>
+bool dispatch_pipelined(int chunks, F&& f) {
+  auto by_k = [&](auto g_tag) {
+    constexpr int G = decltype(g_tag)::value;
+    const int need = (chunks + G - 1) / G;
+    if (need <= 1) f(g_tag, std::integral_constant<int, 1>{});
+    else if (need <= 2) f(g_tag, std::integral_constant<int, 2>{});
+    else if (need <= 3) f(g_tag, std::integral_constant<int, 3>{});
+    else f(g_tag, std::integral_constant<int, 4>{});
+  };
+  if (chunks <= 4 * kWarpSize) by_k(std::integral_constant<int, kWarpSize>{});
+  else if (chunks <= 4 * kPipeBlock) by_k(std::integral_constant<int, kPipeBlock>{});
+  else return false;
+  return true;
+}
+
 template <bool Center>
 void norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, Tensor& y,
                   Tensor* mean, Tensor& rstd) {
@@ -615,7 +827,19 @@ void norm_backward(const Tensor& x, const Tensor& weight, const Tensor* mean, co
       auto launch_warp_vec = [&](auto vec_tag) {
         return has_bias ? launch_warp(vec_tag, std::true_type{}) : launch_warp(vec_tag, std::false_type{});
       };
+      auto launch_pipelined = [&](auto bias_tag) {
+        constexpr bool HasBias = decltype(bias_tag)::value;
+        const int chunks = int(n / kVec<T>);
+        return dispatch_pipelined(chunks, [&](auto g_tag, auto k_tag) {
+          launch_backward_pipelined<T, W, decltype(g_tag)::value, decltype(k_tag)::value, Center, HasBias>(
+              x, weight, mean, rstd, dy, dx, dweight, dbias, rows, int(n), chunks, stream);
+        });
+      };
+      static const bool legacy = std::getenv("SEQTRAIN_NORM_BWD_LEGACY") != nullptr;
       if (n < (int64_t(1) << 31)) {
+        if (vec && !legacy &&
+            (has_bias ? launch_pipelined(std::true_type{}) : launch_pipelined(std::false_type{})))
+          return;
         if (vec ? launch_warp_vec(std::integral_constant<int, kVec<T>>{})
                 : (n <= 4 * kWarpSize && launch_warp_vec(std::integral_constant<int, 1>{})))
           return;

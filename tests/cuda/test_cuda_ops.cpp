@@ -578,7 +578,7 @@ double norm_eps(int64_t d) { return d == 1 ? 1.0 : 1e-5; }
 
 TEST_P(CudaOpsByDtype, LayerNormForwardBackward) {
   const DType dt = GetParam();
-  for (int64_t d : {1, 7, 33, 256, 512, 768, 1000, 4097})
+  for (int64_t d : {1, 7, 33, 256, 512, 768, 1000, 2048, 4096, 4097})
     for (bool has_bias : {true, false}) {
       const std::string what = "layernorm D=" + std::to_string(d) + (has_bias ? " bias " : " no bias ") + dtype_name(dt);
       const double eps = norm_eps(d);
@@ -597,26 +597,28 @@ TEST_P(CudaOpsByDtype, LayerNormForwardBackward) {
                        {rnd({d}, dt, -1, 3), rnd({d}, dt, 0.5, 1.5), has_bias ? rnd({d}, dt) : Tensor(), rnd({d}, dt)},
                        run, f32_tol(d));
     }
-  // Many rows (dweight/dbias sum 4099 rows: an odd count, so the kernels' two-row groups end in a
-  // single row), and a large mean (x in [10, 12)) that a one-pass E[x^2] - E[x]^2 variance in f32
-  // would get wrong.
+  // Many rows (odd counts, so the kernels' two-row groups end in a single row; 16411 rows of 256
+  // and 1031 of 3072 are over four rows per row group of the persistent grid (H100), so every
+  // group cycles through its three pipeline stages), and a large mean (x in [10, 12)) that a
+  // one-pass E[x^2] - E[x]^2 variance in f32 would get wrong.
   for (double lo : {-2.0, 10.0})
-    for (int64_t d : {256, 768}) {
-      const std::string what =
-          "layernorm [4099, " + std::to_string(d) + "] x in [" + std::to_string(lo) + ", +2) " + dtype_name(dt);
-      compare_backends(what, {rnd({4099, d}, dt, lo, lo + 2), rnd({d}, dt, 0.5, 1.5), rnd({d}, dt), rnd({4099, d}, dt)},
+    for (int64_t d : {256, 768, 3072}) {
+      const int64_t rows = d == 256 ? 16411 : d == 768 ? 4099 : 1031;
+      const std::string what = "layernorm [" + std::to_string(rows) + ", " + std::to_string(d) + "] x in [" +
+                               std::to_string(lo) + ", +2) " + dtype_name(dt);
+      compare_backends(what, {rnd({rows, d}, dt, lo, lo + 2), rnd({d}, dt, 0.5, 1.5), rnd({d}, dt), rnd({rows, d}, dt)},
                        [](const Tensors& in) {
                          ops::NormOut o = ops::layernorm(in[0], in[1], in[2], 1e-5);
                          ops::NormGrads g = ops::layernorm_backward(in[0], in[1], o.mean, o.rstd, in[3], true);
                          return Tensors{o.y, o.mean, o.rstd, g.dx, g.dweight, g.dbias};
                        },
-                       f32_tol(4099));
+                       f32_tol(rows));
     }
 }
 
 TEST_P(CudaOpsByDtype, RmsNormForwardBackward) {
   const DType dt = GetParam();
-  for (int64_t d : {1, 7, 33, 768, 1000, 4097}) {
+  for (int64_t d : {1, 7, 33, 768, 1000, 4096, 4097}) {
     const std::string what = "rmsnorm D=" + std::to_string(d) + " " + dtype_name(dt);
     const double eps = norm_eps(d);
     auto run = [&](const Tensors& in) {
