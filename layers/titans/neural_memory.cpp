@@ -56,23 +56,22 @@ Tensor retrieve(const std::vector<Tensor>& w, const Tensor& gamma1, const Tensor
 }
 
 // G = sum_t lr_t s_t grad_W l(W; k_t, v_t), one [B, H, in, out] per layer, for the L tokens of one
-// piece of a chunk. r = v (depth 1) or k - v (depth >= 2), so that M(k) - v needs no residual add;
-// weight [B, H, L, 1] = 2 lr_t (the 2 of grad ||M(k) - v||^2), times (1 + gamma) [B, H, L, d] when
-// it is folded into the LayerNorm backward (depth >= 2 without clamp). The per-token weight is
-// applied to the output-side delta before it is propagated (every delta is linear in it), except
-// with the clamp, whose norm needs the unweighted deltas.
-std::vector<Tensor> chunk_gradients(const std::vector<Tensor>& w, const Tensor& gamma1, const Tensor& k,
-                                    const Tensor& r, const Tensor& weight, const NeuralMemoryConfig& cfg) {
+// piece of a chunk. The per-token factor u = 2 lr_t (the 2 of grad ||M(k) - v||^2; u = 1 with the
+// clamp, whose norm needs the unweighted deltas: there `weight` = 2 lr_t [B, H, L, 1] is applied per
+// layer) scales the output-side delta before it is propagated: every delta is linear in it.
+//   depth 1:     r = v, u [B, H, L, 1];                     delta_0 = (x W0 - r) u
+//   depth >= 2:  r = (k - v)(1 + gamma) u, u := (1 + gamma)^2 u;  dn = r + LN(o) u = (M(k) - v)(1 + gamma) u
+std::vector<Tensor> chunk_gradients(const std::vector<Tensor>& w, const Tensor& k, const Tensor& r, const Tensor& u,
+                                    const Tensor& weight, const NeuralMemoryConfig& cfg) {
   MemoryPass p = memory_pass(w, k, cfg.ln_eps);
   const size_t L = w.size();
   const bool clamp = cfg.max_grad_norm > 0;
-  std::vector<Tensor> delta(L);  // dl/d(output of layer l) / 2, per token (times the weight without clamp)
+  std::vector<Tensor> delta(L);  // u dl/d(output of layer l) / 2, per token
   if (L == 1) {
-    delta[0] = sub(p.out, r);
-    if (!clamp) delta[0] = mul(delta[0], weight);
+    delta[0] = clamp ? sub(p.out, r) : mul(sub(p.out, r), u);
   } else {
     // LayerNorm backward without affine: do = (dn - mean(dn) - n mean(dn n)) / sd.
-    Tensor dn = mul(add(r, mul(p.out, gamma1)), clamp ? gamma1 : weight);
+    Tensor dn = add(r, mul(p.out, u));
     Tensor centred = sub(dn, mean(dn, -1, true));
     delta[L - 1] = div(sub(centred, mul(p.out, mean(mul(dn, p.out), -1, true))), p.sd);
     for (size_t l = L - 1; l-- > 0;)
@@ -83,7 +82,8 @@ std::vector<Tensor> chunk_gradients(const std::vector<Tensor>& w, const Tensor& 
     for (size_t l = 0; l < L; ++l) g[l] = matmul(p.inputs[l], delta[l], true, false);
     return g;
   }
-  // n_t / 2 = sqrt(sum_l ||a_l||^2 ||delta_l||^2 + eps / 4) with the halved deltas; 2 s_t = m tanh(n_t / m) / (n_t / 2) / 2.
+  // The deltas are half the gradient's, so n_t = 2 h_t with h_t = sqrt(sum_l ||a_l||^2 ||delta_l||^2 + 1e-12 / 4),
+  // and the weight of a delta is 2 lr_t s_t = 2 lr_t (m / 2) tanh(2 h_t / m) / h_t.
   Tensor sq;
   for (size_t l = 0; l < L; ++l) {
     Tensor term = mul(sum(square(p.inputs[l]), -1, true), sum(square(delta[l]), -1, true));
@@ -193,9 +193,15 @@ Tensor neural_memory(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   // Whole-sequence operands, cut into the pieces once.
   Tensor gamma1 = deep ? add_scalar(gamma, 1.0) : Tensor();
   Tensor weight = reshape(scale(lr, 2.0), {B, H, T, 1});
-  if (deep && !clamp) weight = mul(weight, gamma1);
-  const std::vector<Tensor> ks = split(k, sizes, 2), rs = split(deep ? sub(k, v) : v, sizes, 2),
-                            ws = split(weight, sizes, 2);
+  Tensor r = v, u = weight;  // chunk_gradients' operands
+  if (deep) {
+    Tensor ug = clamp ? gamma1 : mul(weight, gamma1);
+    r = mul(sub(k, v), ug);
+    u = mul(ug, gamma1);
+  }
+  const std::vector<Tensor> ks = split(k, sizes, 2), rs = split(r, sizes, 2);
+  const std::vector<Tensor> us = clamp ? std::vector<Tensor>(sizes.size(), u) : split(u, sizes, 2);
+  const std::vector<Tensor> ws = clamp ? split(weight, sizes, 2) : std::vector<Tensor>(sizes.size());
   std::vector<Tensor> keep, eta;  // per complete chunk: 1 - alpha_c, eta_c
   if (n_full > 0) {
     keep = chunk_gates(slice(alpha_logit, 2, head, full_end), n_full, C, -1.0);
@@ -204,7 +210,7 @@ Tensor neural_memory(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   std::vector<Tensor> outs;
   // A piece that is not a complete chunk: partial sums in the state, retrieval right away.
   auto partial_piece = [&](size_t i, int64_t s, int64_t e) {
-    std::vector<Tensor> g = chunk_gradients(state.weights, gamma1, ks[i], rs[i], ws[i], cfg);
+    std::vector<Tensor> g = chunk_gradients(state.weights, ks[i], rs[i], us[i], ws[i], cfg);
     for (size_t l = 0; l < L; ++l) state.pending[l] = accumulate(state.pending[l], g[l]);
     state.alpha_sum = accumulate(state.alpha_sum, gate_sum(slice(alpha_logit, 2, s, e)));
     state.eta_sum = accumulate(state.eta_sum, gate_sum(slice(eta_logit, 2, s, e)));
@@ -224,7 +230,7 @@ Tensor neural_memory(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   std::vector<std::vector<Tensor>> chunk_weights(L);  // [layer][c]
   for (int64_t c = 0; c < n_full; ++c, ++piece) {
     for (size_t l = 0; l < L; ++l) chunk_weights[l].push_back(state.weights[l]);
-    state.pending = chunk_gradients(state.weights, gamma1, ks[piece], rs[piece], ws[piece], cfg);
+    state.pending = chunk_gradients(state.weights, ks[piece], rs[piece], us[piece], ws[piece], cfg);
     close_chunk(state, keep[size_t(c)], eta[size_t(c)]);
   }
   if (n_full > 0) {
