@@ -26,11 +26,25 @@
 // differentiable ops: matmul, gelu', LayerNorm's backward), so G^c is one batched matmul per layer,
 // n_t^2 = sum_l ||a_{l,t}||^2 ||delta_{l,t}||^2 costs O(C (d + h)), and the outer gradient (a gradient of
 // a gradient) comes from autograd through those ops: it runs on any backend that has them.
-// Chunks are sequential (W^{c+1} depends non-linearly on W^c); inside a chunk everything is batched
-// matmuls over [B, H, C, .]. FLOPs per token and head for depth 2 (d -> h -> d): memory pass on k
-// 4 d h, inner backward 2 d h, per-token gradients summed 4 d h, retrieval on q 4 d h: 14 d h in the
-// forward (56 d^2 at h = 4d), about three times that with the outer backward; plus O(d h) per chunk
-// for the update. Bytes: the weights W^c, S^c [B, H, d, h] are read and written once per chunk.
+// Chunks are sequential (W^{c+1} depends non-linearly on W^c), so the loop over chunks is made of small
+// ops (each a kernel launch and an autograd node) and its op count, not its FLOPs, bounds the speed on
+// a GPU. Structure of one call:
+//   before the loop: the gates of every complete chunk (one reshape, sum, scale, sigmoid each for
+//     1 - alpha_c and eta_c), 1 + gamma, the inner backward's operands with 2 lr_t and (1 + gamma)
+//     folded in ((k - v)(1 + gamma) 2 lr_t, (1 + gamma)^2 2 lr_t), each cut into the chunks by one split;
+//   in the loop, per complete chunk: the memory pass on k, the inner backward (lr, the 2 of the loss
+//     and the residual folded in; gelu' in 12 ops), one matmul per layer for G^c, and the update
+//     (4 ops per layer): about 45 ops for depth 2 (65 with the clamp), 9 for depth 1 (21 with the clamp);
+//   after the loop: the retrieval of every complete chunk at once, batched matmuls on the weights
+//     stacked over chunks: q [B, H, n, C - 1, d] against W^c [B, H, n, in, out] and the chunks' last
+//     tokens q [B, H, n, 1, d] against W^{c+1}. Those stacks are two more copies of the per-chunk
+//     weights, which the autograd graph holds anyway (n B H in out elements each, per layer).
+// A chunk begun by an earlier call (state.filled > 0) and a partial last chunk take the per-piece
+// path: partial sums in the state, retrieval at once.
+// FLOPs per token and head for depth 2 (d -> h -> d): memory pass on k 4 d h, inner backward 2 d h,
+// per-token gradients summed 4 d h, retrieval on q 4 d h: 14 d h in the forward (56 d^2 at h = 4d),
+// about three times that with the outer backward; plus O(d h) per chunk for the update. Bytes: the
+// weights W^c, S^c [B, H, d, h] are read and written once per chunk, and read once more by the retrieval.
 //
 // State passing: the state holds W^c, S^c and the partial sums of the current chunk, so a sequence cut
 // anywhere (not only at chunk boundaries) and continued from the state gives the same outputs.
