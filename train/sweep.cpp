@@ -704,14 +704,18 @@ int run_sweep(const SweepSpec& spec, const SweepOptions& options, const std::str
       argv.insert(argv.end(), {self, "train", (dir / "trial.yaml").string()});
       RunningTrial r;
       r.index = i;
-      for (r.slot = 0; std::any_of(running.begin(), running.end(), [&](const RunningTrial& o) { return o.slot == r.slot; });)
-        ++r.slot;
+      auto slot_taken = [&](size_t slot) {
+        return std::any_of(running.begin(), running.end(), [&](const RunningTrial& o) { return o.slot == slot; });
+      };
+      while (slot_taken(r.slot)) ++r.slot;
       const int gpu = options.gpus.empty() ? -1 : options.gpus[r.slot % options.gpus.size()];
       r.start = std::chrono::steady_clock::now();
       r.pid = start_child(argv, dir / "output.txt", gpu);
       running.push_back(r);
     }
-    // Collect the trials that ended (in the order they ended), kill those past the timeout.
+    // Collect the trials that ended, kill those past the timeout; sleep only when none ended (an
+    // ended one's slot is refilled at once).
+    bool ended = false;
     for (auto it = running.begin(); it != running.end();) {
       int status = 0;
       const pid_t done = waitpid(it->pid, &status, WNOHANG);
@@ -720,6 +724,7 @@ int run_sweep(const SweepSpec& spec, const SweepOptions& options, const std::str
         const RunningTrial r = *it;
         it = running.erase(it);
         finish(r, status);
+        ended = true;
         continue;
       }
       const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - it->start).count();
@@ -729,7 +734,7 @@ int run_sweep(const SweepSpec& spec, const SweepOptions& options, const std::str
       }
       ++it;
     }
-    if (!running.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (!ended && !running.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   restore_signals();
   write_results(spec);

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # On the GPU machine: build, check that the tiny MQAR run learns on the GPU (tests/e2e/tasks.sh
 # mqar_learns), then run shipped sweeps one after another (JOBS trials of each at once) with a
-# per-trial time limit and copy what they produced, without checkpoints, to $OUT/sweeps/<name>/ (results.csv, report.md, plots, and
-# each trial's summary.json, metrics.jsonl, config and logs). The log is $OUT/task_sweeps.log.
+# per-trial time limit and copy what they produced, without checkpoints, to $OUT/sweeps/<name>/
+# (results.csv, report.md, plots, and each trial's summary.json, metrics.jsonl, config and logs).
+# The log is $OUT/task_sweeps.log.
 # Usage: scripts/device/task_sweeps.sh [quick|full] [SWEEP ...]
 #   quick (default): configs/sweeps/<name>-quick.yaml, about 3 minutes each on an H100
 #   full:            configs/sweeps/<name>.yaml (10-15 minutes each)

@@ -329,7 +329,8 @@ int cmd_sweep(int argc, char** argv) {
   options.timeout_s = a.number("timeout", 0);
   options.retry_failed = retry_failed;
   const std::string jobs = a.get("jobs", "1");
-  if (jobs.empty() || jobs.size() > 6 || jobs.find_first_not_of("0123456789") != std::string::npos || std::stoll(jobs) < 1)
+  if (jobs.empty() || jobs.size() > 6 || jobs.find_first_not_of("0123456789") != std::string::npos ||
+      std::stoll(jobs) < 1)
     throw UsageError("--jobs: expected an integer >= 1, got '" + jobs + "'");
   options.jobs = std::stoll(jobs);
   if (a.has("gpus")) options.gpus = parse_gpus(a.get("gpus"));
