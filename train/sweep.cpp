@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -411,27 +412,37 @@ std::string replace_all(std::string s, const std::string& from, const std::strin
   return s;
 }
 
-struct ChildResult {
-  int exit_code = 0;
-  bool timed_out = false;
-  bool signalled = false;
-};
+// Set by the SIGINT/SIGTERM handler run_sweep installs; the loop polls it.
+volatile std::sig_atomic_t g_stop_signal = 0;
 
-// Runs argv with stdout and stderr into `log`; kills it with SIGKILL after timeout_s (> 0).
-ChildResult run_child(const std::vector<std::string>& argv, const fs::path& log, double timeout_s) {
+void on_sweep_stop_signal(int sig) { g_stop_signal = sig; }
+
+// Starts argv with stdout and stderr appended to `log` and, when `gpu` >= 0, CUDA_VISIBLE_DEVICES=gpu.
+pid_t start_child(const std::vector<std::string>& argv, const fs::path& log, int gpu) {
   std::fflush(stdout);
   std::fflush(stderr);
   const pid_t parent = getpid();
+  // SIGINT/SIGTERM stay blocked until the child has the default handlers back (the sweep's handler
+  // would swallow a stop sent to the child before its exec).
+  sigset_t stop_signals, old_mask;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  sigprocmask(SIG_BLOCK, &stop_signals, &old_mask);
   pid_t pid = fork();
-  ST_CHECK(pid >= 0, "fork failed: ", std::strerror(errno));
+  const int fork_errno = errno;
   if (pid == 0) {
     // A trial must not outlive a killed sweep (SIGTERM: the trainer checkpoints and exits).
+    std::signal(SIGINT, SIG_DFL);
+    std::signal(SIGTERM, SIG_DFL);
+    sigprocmask(SIG_SETMASK, &old_mask, nullptr);
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (getppid() != parent) _exit(127);
     FILE* f = std::fopen(log.c_str(), "a");
     if (!f) _exit(127);
     dup2(fileno(f), 1);
     dup2(fileno(f), 2);
+    if (gpu >= 0) setenv("CUDA_VISIBLE_DEVICES", std::to_string(gpu).c_str(), 1);
     std::vector<char*> args;
     for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
@@ -439,23 +450,48 @@ ChildResult run_child(const std::vector<std::string>& argv, const fs::path& log,
     std::fprintf(stderr, "seqtrain sweep: cannot run %s: %s\n", args[0], std::strerror(errno));
     _exit(127);
   }
-  auto start = std::chrono::steady_clock::now();
-  ChildResult r;
-  int status = 0;
-  while (true) {
-    pid_t done = waitpid(pid, &status, WNOHANG);
-    if (done == pid) break;
-    ST_CHECK(done == 0, "waitpid failed: ", std::strerror(errno));
-    double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (timeout_s > 0 && elapsed > timeout_s && !r.timed_out) {
-      kill(pid, SIGKILL);
-      r.timed_out = true;
+  sigprocmask(SIG_SETMASK, &old_mask, nullptr);
+  ST_CHECK(pid > 0, "fork failed: ", std::strerror(fork_errno));
+  return pid;
+}
+
+struct ChildResult {
+  int exit_code = 0;
+  bool timed_out = false;
+};
+
+// A trial whose child process runs: its index in spec.trials, job slot, start time.
+struct RunningTrial {
+  size_t index = 0;
+  size_t slot = 0;
+  pid_t pid = 0;
+  std::chrono::steady_clock::time_point start;
+  bool timed_out = false;  // killed with SIGKILL after the timeout
+};
+
+// Stops the running trials after the sweep got `sig`: SIGTERM to each (the trainer checkpoints at the
+// end of its step and exits), SIGKILL to those still running after a grace period or a second signal.
+void stop_trials(const std::vector<RunningTrial>& running, int sig) {
+  constexpr double kGraceS = 30;
+  std::printf("\nsweep: got %s, stopping %zu running trial%s\n", sig == SIGINT ? "SIGINT" : "SIGTERM", running.size(),
+              running.size() == 1 ? "" : "s");
+  std::fflush(stdout);
+  g_stop_signal = 0;
+  for (const RunningTrial& r : running) kill(r.pid, SIGTERM);
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<pid_t> left;
+  for (const RunningTrial& r : running) left.push_back(r.pid);
+  bool killed = false;
+  while (!left.empty()) {
+    left.erase(std::remove_if(left.begin(), left.end(), [](pid_t pid) { return waitpid(pid, nullptr, WNOHANG) != 0; }),
+               left.end());
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (!killed && (g_stop_signal || elapsed > kGraceS)) {
+      for (pid_t pid : left) kill(pid, SIGKILL);
+      killed = true;
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  r.signalled = WIFSIGNALED(status);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return r;
 }
 
 std::string classify(const ChildResult& r, const fs::path& output, const fs::path& rank_log) {
@@ -584,39 +620,26 @@ SweepSpec load_sweep(const std::string& path, const SweepOptions& options) {
 }
 
 int run_sweep(const SweepSpec& spec, const SweepOptions& options, const std::string& self) {
+  ST_CHECK(options.jobs >= 1, "sweep: jobs must be >= 1, got ", options.jobs);
   const fs::path out = spec.out;
   fs::create_directories(out / "trials");
   fs::copy_file(spec.path, out / "spec.yaml", fs::copy_options::overwrite_existing);
-  const size_t n = spec.trials.size();
+  const size_t n = spec.trials.size(), jobs = size_t(options.jobs);
   int failed = 0;
-  std::printf("sweep %s: %zu trials (%s) in %s\n", spec.path.c_str(), n, spec.method.c_str(), spec.out.c_str());
-  for (size_t i = 0; i < n; ++i) {
-    const Trial& t = spec.trials[i];
+  std::printf("sweep %s: %zu trials (%s) in %s", spec.path.c_str(), n, spec.method.c_str(), spec.out.c_str());
+  if (jobs > 1) std::printf(", %zu at a time", jobs);
+  std::printf("\n");
+
+  // A trial ended: its summary, results.csv, its line.
+  auto finish = [&](const RunningTrial& r, int status) {
+    const Trial& t = spec.trials[r.index];
     const fs::path dir = out / "trials" / t.id;
     const std::vector<int64_t>& lengths = t.config.data.task.eval_lengths;
+    ChildResult child;
+    child.timed_out = r.timed_out;
+    child.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     Summary s;
-    if (read_summary(dir / "summary.json", lengths, s) && (s.status == "ok" || !options.retry_failed)) {
-      std::printf("[%zu/%zu] %s %s: %s (done before), %s\n", i + 1, n, t.id.c_str(), describe(t).c_str(),
-                  s.status.c_str(), quality(s).c_str());
-      failed += s.status != "ok";
-      continue;
-    }
-    fs::create_directories(dir);
-    fs::remove(dir / "summary.json");
-    {
-      std::ofstream f(dir / "trial.yaml");
-      f << to_yaml(t.config);
-    }
-    std::vector<std::string> argv;
-    if (!spec.launcher.empty())
-      for (const std::string& w : split_words(spec.launcher)) argv.push_back(replace_all(w, "{nproc}", std::to_string(spec.nproc)));
-    argv.insert(argv.end(), {self, "train", (dir / "trial.yaml").string()});
-    // One line per trial: its name now, its outcome when it ends (the trainer's output goes to a file).
-    std::printf("[%zu/%zu] %s %s: ", i + 1, n, t.id.c_str(), describe(t).c_str());
-    auto start = std::chrono::steady_clock::now();
-    ChildResult child = run_child(argv, dir / "output.txt", options.timeout_s);
-    s = Summary();
-    s.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    s.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - r.start).count();
     s.status = classify(child, dir / "output.txt", dir / "logs" / "rank-0.log");
     LanguageModel model(t.config.model);
     s.n_params = double(model.num_parameters());
@@ -624,10 +647,96 @@ int run_sweep(const SweepSpec& spec, const SweepOptions& options, const std::str
     write_summary(dir / "summary.json", t, s);
     write_results(spec);
     failed += s.status != "ok";
-    std::printf("%s%s, %s, %.1f s\n", s.status.c_str(), s.status == "ok" ? "" : (" (exit " + std::to_string(child.exit_code) + ", see " +
-                                                           (dir / "output.txt").string() + ")").c_str(),
+    std::printf("[%zu/%zu] %s %s: %s%s, %s, %.1f s\n", r.index + 1, n, t.id.c_str(), describe(t).c_str(),
+                s.status.c_str(),
+                s.status == "ok" ? ""
+                                 : (" (exit " + std::to_string(child.exit_code) + ", see " +
+                                    (dir / "output.txt").string() + ")").c_str(),
                 quality(s).c_str(), s.wall_s);
+    std::fflush(stdout);
+  };
+
+  // SIGINT/SIGTERM stop the running trials (no summary: a re-run resumes them) and end the sweep.
+  struct sigaction stop = {}, old_int = {}, old_term = {};
+  stop.sa_handler = on_sweep_stop_signal;
+  stop.sa_flags = SA_RESTART;
+  sigemptyset(&stop.sa_mask);
+  g_stop_signal = 0;
+  sigaction(SIGINT, &stop, &old_int);
+  sigaction(SIGTERM, &stop, &old_term);
+  auto restore_signals = [&] {
+    sigaction(SIGINT, &old_int, nullptr);
+    sigaction(SIGTERM, &old_term, nullptr);
+  };
+
+  std::vector<RunningTrial> running;
+  size_t next = 0;
+  while (next < n || !running.empty()) {
+    if (const int sig = g_stop_signal) {
+      stop_trials(running, sig);
+      write_results(spec);
+      restore_signals();
+      throw SweepInterrupted(sig, running.size());
+    }
+    // Start trials in order while a job slot is free.
+    while (next < n && running.size() < jobs && !g_stop_signal) {
+      const size_t i = next++;
+      const Trial& t = spec.trials[i];
+      const fs::path dir = out / "trials" / t.id;
+      Summary s;
+      if (read_summary(dir / "summary.json", t.config.data.task.eval_lengths, s) &&
+          (s.status == "ok" || !options.retry_failed)) {
+        std::printf("[%zu/%zu] %s %s: %s (done before), %s\n", i + 1, n, t.id.c_str(), describe(t).c_str(),
+                    s.status.c_str(), quality(s).c_str());
+        failed += s.status != "ok";
+        continue;
+      }
+      fs::create_directories(dir);
+      fs::remove(dir / "summary.json");
+      {
+        std::ofstream f(dir / "trial.yaml");
+        f << to_yaml(t.config);
+      }
+      std::vector<std::string> argv;
+      if (!spec.launcher.empty())
+        for (const std::string& w : split_words(spec.launcher))
+          argv.push_back(replace_all(w, "{nproc}", std::to_string(spec.nproc)));
+      argv.insert(argv.end(), {self, "train", (dir / "trial.yaml").string()});
+      RunningTrial r;
+      r.index = i;
+      auto slot_taken = [&](size_t slot) {
+        return std::any_of(running.begin(), running.end(), [&](const RunningTrial& o) { return o.slot == slot; });
+      };
+      while (slot_taken(r.slot)) ++r.slot;
+      const int gpu = options.gpus.empty() ? -1 : options.gpus[r.slot % options.gpus.size()];
+      r.start = std::chrono::steady_clock::now();
+      r.pid = start_child(argv, dir / "output.txt", gpu);
+      running.push_back(r);
+    }
+    // Collect the trials that ended, kill those past the timeout; sleep only when none ended (an
+    // ended one's slot is refilled at once).
+    bool ended = false;
+    for (auto it = running.begin(); it != running.end();) {
+      int status = 0;
+      const pid_t done = waitpid(it->pid, &status, WNOHANG);
+      ST_CHECK(done >= 0, "waitpid failed: ", std::strerror(errno));
+      if (done == it->pid) {
+        const RunningTrial r = *it;
+        it = running.erase(it);
+        finish(r, status);
+        ended = true;
+        continue;
+      }
+      const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - it->start).count();
+      if (options.timeout_s > 0 && elapsed > options.timeout_s && !it->timed_out) {
+        kill(it->pid, SIGKILL);
+        it->timed_out = true;
+      }
+      ++it;
+    }
+    if (!ended && !running.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
+  restore_signals();
   write_results(spec);
 
   const Trial* best = nullptr;

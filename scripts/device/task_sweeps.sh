@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # On the GPU machine: build, check that the tiny MQAR run learns on the GPU (tests/e2e/tasks.sh
-# mqar_learns), then run shipped sweeps one after another with a per-trial time limit and copy what
-# they produced, without checkpoints, to $OUT/sweeps/<name>/ (results.csv, report.md, plots, and
-# each trial's summary.json, metrics.jsonl, config and logs). The log is $OUT/task_sweeps.log.
+# mqar_learns), then run shipped sweeps one after another (JOBS trials of each at once) with a
+# per-trial time limit and copy what they produced, without checkpoints, to $OUT/sweeps/<name>/
+# (results.csv, report.md, plots, and each trial's summary.json, metrics.jsonl, config and logs).
+# The log is $OUT/task_sweeps.log.
 # Usage: scripts/device/task_sweeps.sh [quick|full] [SWEEP ...]
 #   quick (default): configs/sweeps/<name>-quick.yaml, about 3 minutes each on an H100
 #   full:            configs/sweeps/<name>.yaml (10-15 minutes each)
 #   SWEEP: arch-kjv, mqar, induction (default: all three; arch-kjv needs data/kjv/{train,val}.bin)
 #   TRIAL_TIMEOUT: seconds before a trial is killed (status timeout); default 60 quick, 240 full
+#   JOBS: trials run at once (seqtrain sweep --jobs; they share the GPU, so each trial's wall time,
+#     which TRIAL_TIMEOUT limits, grows); default 4
 #   SKIP_LEARN_CHECK=1: skip the MQAR check (e.g. on the second and third call)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,6 +20,7 @@ shift $(( $# > 0 ? 1 : 0 ))
 sweeps=("$@")
 [[ ${#sweeps[@]} -gt 0 ]] || sweeps=(mqar induction arch-kjv)
 timeout_s=${TRIAL_TIMEOUT:-$([[ $variant == quick ]] && echo 60 || echo 240)}
+jobs=${JOBS:-4}
 out="${OUT:-out}"
 mkdir -p "$out/sweeps"
 exec > >(tee -a "$out/task_sweeps.log") 2>&1
@@ -40,7 +44,7 @@ for name in "${sweeps[@]}"; do
   fi
   dir=sweeps/$(basename "$spec" .yaml)
   start=$(date +%s)
-  build/seqtrain sweep "$spec" --out "$dir" --timeout "$timeout_s" --set run.device=cuda
+  build/seqtrain sweep "$spec" --out "$dir" --timeout "$timeout_s" --jobs "$jobs" --set run.device=cuda
   echo "$spec: $(( $(date +%s) - start )) s"
   cat "$dir/results.csv"
   mkdir -p "$out/$dir"

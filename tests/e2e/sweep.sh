@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end tests of `seqtrain sweep` with configs/sweeps/tiny-cpu.yaml (4 trials of 6 steps) on the
-# KJV shards (prepared by scripts/setup.sh). Usage: tests/e2e/sweep.sh SEQTRAIN_BINARY SOURCE_DIR
+# KJV shards (prepared by scripts/setup.sh), one trial at a time and two at a time (--jobs 2): complete
+# runs, kills (SIGKILL; SIGTERM) and re-runs, invalid input.
+# Usage: tests/e2e/sweep.sh SEQTRAIN_BINARY SOURCE_DIR
 # Prints what it checks and exits non-zero on the first failure.
 set -uo pipefail
 bin=$1 src=$2
@@ -70,7 +72,59 @@ done_before=$(ls killed/trials/*/summary.json 2>/dev/null | wc -l)
 diff <(stable_columns straight/results.csv) <(stable_columns killed/results.csv) || fail "results differ after the kill"
 echo "ok  killed after $done_before of 4 trials; the re-run skipped them and results.csv equals the straight one"
 
-# (3) Invalid specs: one line on stderr, nothing created.
+# (3) Two trials at a time: the same results.csv as one at a time, one line per trial.
+"$bin" sweep tiny.yaml --out parallel --jobs 2 "${common[@]}" >parallel.txt 2>&1 \
+  || fail "--jobs 2 sweep exited $?: $(tail -5 parallel.txt)"
+[[ $(grep -c '^\[[0-9]/4\] .*: ok, val loss' parallel.txt) -eq 4 ]] || fail "expected 4 progress lines: $(cat parallel.txt)"
+diff <(stable_columns straight/results.csv) <(stable_columns parallel/results.csv) || fail "--jobs 2 results differ"
+echo "ok  --jobs 2: results.csv equals the one-at-a-time one"
+
+# Starts a --jobs 2 sweep into $1 in the background (pid in $pid) and waits until one trial finished.
+start_parallel_sweep() {
+  "$bin" sweep tiny.yaml --out "$1" --jobs 2 "${common[@]}" >"$1.txt" 2>&1 &
+  pid=$!
+  for _ in $(seq 1000); do
+    [[ $(ls "$1"/trials/*/summary.json 2>/dev/null | wc -l) -ge 1 ]] && break
+    sleep 0.01
+  done
+}
+
+# Re-runs the sweep in $1 (--jobs 2) and checks it skipped $2 trials and matches the straight run.
+resume_parallel_sweep() {
+  "$bin" sweep tiny.yaml --out "$1" --jobs 2 "${common[@]}" >"$1-resumed.txt" 2>&1 \
+    || fail "$1: re-run exited $?: $(tail -5 "$1-resumed.txt")"
+  [[ $(grep -c "(done before)" "$1-resumed.txt") -eq $2 ]] || fail "$1: expected $2 trials skipped: $(cat "$1-resumed.txt")"
+  diff <(stable_columns straight/results.csv) <(stable_columns "$1/results.csv") || fail "$1: results differ after the re-run"
+}
+
+# (4) A --jobs 2 sweep killed with SIGKILL together with its trials (a machine reset), then run again.
+start_parallel_sweep killed2
+children=$(pgrep -P $pid)
+kill -9 $pid $children 2>/dev/null; wait $pid 2>/dev/null
+done_before=$(ls killed2/trials/*/summary.json 2>/dev/null | wc -l)
+[[ $done_before -ge 1 && $done_before -lt 4 ]] || fail "--jobs 2: $done_before of 4 trials done at the kill; expected 1 to 3"
+resume_parallel_sweep killed2 "$done_before"
+echo "ok  --jobs 2 killed (SIGKILL, sweep and trials) after $done_before of 4 trials; the re-run completed the rest"
+
+# (5) SIGTERM to a --jobs 2 sweep alone: it stops its running trials and exits 143; no trial outlives
+# it, none it stopped has a summary, and the re-run completes them.
+start_parallel_sweep stopped
+children=$(pgrep -P $pid)
+[[ -n $children ]] || fail "SIGTERM: no trial running when the sweep was signalled"
+kill -TERM $pid; wait $pid; status=$?
+[[ $status -eq 143 ]] || fail "SIGTERM: the sweep exited $status, expected 143: $(tail -5 stopped.txt)"
+grep -q "interrupted by SIGTERM; stopped" stopped.txt || fail "SIGTERM: no message: $(tail -5 stopped.txt)"
+for c in $children; do ! kill -0 "$c" 2>/dev/null || fail "SIGTERM: trial process $c outlived the sweep"; done
+python3 -c '
+import json, glob, sys
+bad = [f for f in glob.glob("stopped/trials/*/summary.json") if json.load(open(f))["status"] != "ok"]
+if bad: sys.exit(f"summaries not ok: {bad}")' || fail "SIGTERM: a stopped trial has a summary"
+done_before=$(ls stopped/trials/*/summary.json 2>/dev/null | wc -l)
+[[ $done_before -lt 4 ]] || fail "SIGTERM: the sweep finished before it could be stopped; nothing was tested"
+resume_parallel_sweep stopped "$done_before"
+echo "ok  --jobs 2 stopped by SIGTERM after $done_before of 4 trials (exit 143, no trial left running); the re-run completed the rest"
+
+# (6) Invalid specs and options: one line on stderr, nothing created.
 sed 's/^repeats:/repeets:/' tiny.yaml >typo.yaml
 expect_error "unknown key" "typo.yaml" "repeets" "did you mean 'repeats'" -- "$bin" sweep typo.yaml --out bad1 "${common[@]}"
 sed 's/model.d_model: \[32, 48\]/model.d_model: []/' tiny.yaml >empty.yaml
@@ -91,5 +145,9 @@ expect_error "invalid trial config" "key.yaml" "trial" "d_modl" -- "$bin" sweep 
 sed 's/model.d_model: \[32, 48\]/shape: [{model.d_model: 32, training.seq_len: 32}, 48]/' tiny.yaml >group.yaml
 expect_error "grouped axis mixing maps and values" "group.yaml" "grid.shape[1]" "mixes maps and plain values" \
   -- "$bin" sweep group.yaml --out bad7 "${common[@]}"
-for d in bad1 bad2 bad3 bad4 bad5 bad6 bad7; do [[ ! -e $d ]] || fail "$d was created by an invalid spec"; done
-echo "ok  invalid specs rejected before anything was created"
+expect_error "--jobs 0" "--jobs" "'0'" ">= 1" -- "$bin" sweep tiny.yaml --out bad8 --jobs 0 "${common[@]}"
+expect_error "--jobs not a number" "--jobs" "'two'" -- "$bin" sweep tiny.yaml --out bad9 --jobs two "${common[@]}"
+expect_error "--gpus negative" "--gpus" "'0,-1'" "non-negative" -- "$bin" sweep tiny.yaml --out bad10 --gpus 0,-1 "${common[@]}"
+expect_error "--gpus empty entry" "--gpus" "'0,,1'" -- "$bin" sweep tiny.yaml --out bad11 --gpus 0,,1 "${common[@]}"
+for d in bad1 bad2 bad3 bad4 bad5 bad6 bad7 bad8 bad9 bad10 bad11; do [[ ! -e $d ]] || fail "$d was created by an invalid spec"; done
+echo "ok  invalid specs and options rejected before anything was created"

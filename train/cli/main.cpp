@@ -35,7 +35,8 @@ const char* kUsage =
     "  inspect CHECKPOINT.h5\n"
     "  bench CONFIG.yaml [--steps N] [--warmup N] [--set key=value ...]\n"
     "  layer-run CASE.h5 OUT.h5                  run one layer on given weights and inputs\n"
-    "  sweep SWEEP.yaml [--set key=value ...] [--out DIR] [--timeout S] [--retry-failed]\n"
+    "  sweep SWEEP.yaml [--set key=value ...] [--out DIR] [--timeout S] [--retry-failed] [--jobs N]\n"
+    "        [--gpus LIST]\n"
     "\n"
     "Run 'seqtrain <command> --help' for a command's options.\n";
 
@@ -258,6 +259,21 @@ int cmd_layer_run(int argc, char** argv) {
   return 0;
 }
 
+// "0,1,3" -> {0, 1, 3}; anything but non-negative integers separated by commas is a usage error.
+std::vector<int> parse_gpus(const std::string& list) {
+  std::vector<int> gpus;
+  for (size_t at = 0;;) {
+    const size_t comma = list.find(',', at);
+    const std::string entry = list.substr(at, comma == std::string::npos ? std::string::npos : comma - at);
+    if (entry.empty() || entry.size() > 6 || entry.find_first_not_of("0123456789") != std::string::npos)
+      throw UsageError("--gpus: expected comma-separated GPU indices (non-negative integers, e.g. 0,1), got '" + list +
+                       "'");
+    gpus.push_back(std::stoi(entry));
+    if (comma == std::string::npos) return gpus;
+    at = comma + 1;
+  }
+}
+
 int cmd_sweep(int argc, char** argv) {
   // --retry-failed is a flag; Args only knows "--name value" options.
   std::vector<char*> rest(argv, argv + argc);
@@ -265,12 +281,14 @@ int cmd_sweep(int argc, char** argv) {
   rest.erase(std::remove_if(rest.begin() + 2, rest.end(),
                             [&](char* s) { return std::strcmp(s, "--retry-failed") == 0 && (retry_failed = true); }),
              rest.end());
-  Args a(int(rest.size()), rest.data(), 2, {"set", "out", "timeout"});
+  Args a(int(rest.size()), rest.data(), 2, {"set", "out", "timeout", "jobs", "gpus"});
   if (a.help) {
     std::printf(
-        "usage: seqtrain sweep SWEEP.yaml [--set key=value ...] [--out DIR] [--timeout SECONDS] [--retry-failed]\n\n"
-        "Runs one training per point of a hyperparameter sweep, one after another, each as a child\n"
-        "'seqtrain train' in <out>/trials/<id>/ (id: a hash of the point's values and repeat index).\n"
+        "usage: seqtrain sweep SWEEP.yaml [--set key=value ...] [--out DIR] [--timeout SECONDS] [--retry-failed]\n"
+        "                      [--jobs N] [--gpus LIST]\n\n"
+        "Runs one training per point of a hyperparameter sweep, --jobs N at a time (default 1), each as\n"
+        "a child 'seqtrain train' in <out>/trials/<id>/ (id: a hash of the point's values and repeat\n"
+        "index).\n"
         "The spec (keys: base, out, method, grid | random + samples | list, set, repeats, metric,\n"
         "launcher, nproc) and every trial's config are validated before anything starts:\n\n"
         "  base: configs/runs/smoke.yaml     # every trial = base + set + --set + its axis values\n"
@@ -295,7 +313,13 @@ int cmd_sweep(int argc, char** argv) {
         "rebuilt from them. A re-run skips trials that finished ok and resumes a killed one from its\n"
         "last checkpoint; failed ones re-run only with --retry-failed. --timeout kills a trial (SIGKILL)\n"
         "after SECONDS. --set applies to every trial (e.g. data paths). Plots and report.md:\n"
-        "scripts/plot_sweep.py, run at the end when python3 has matplotlib and pandas.\n");
+        "scripts/plot_sweep.py, run at the end when python3 has matplotlib and pandas.\n\n"
+        "--jobs N: at most N trials run at once, started in trial order; each trial's line is printed\n"
+        "when it ends, and results.csv (in trial order) comes out the same whatever order they end in.\n"
+        "--gpus LIST (e.g. 0,1,2,3): job slot s runs its trial with CUDA_VISIBLE_DEVICES=LIST[s %% len],\n"
+        "so --jobs 4 --gpus 0,1,2,3 puts one trial on each GPU (without --gpus the environment is\n"
+        "untouched: all jobs share the visible GPUs). SIGINT/SIGTERM stop the running trials (they\n"
+        "checkpoint; a re-run resumes them) and end the sweep with exit status 128 + signal.\n");
     return 0;
   }
   if (a.positional.size() != 1) throw UsageError("sweep takes exactly one SWEEP.yaml");
@@ -304,10 +328,21 @@ int cmd_sweep(int argc, char** argv) {
   options.out = a.get("out");
   options.timeout_s = a.number("timeout", 0);
   options.retry_failed = retry_failed;
+  const std::string jobs = a.get("jobs", "1");
+  if (jobs.empty() || jobs.size() > 6 || jobs.find_first_not_of("0123456789") != std::string::npos ||
+      std::stoll(jobs) < 1)
+    throw UsageError("--jobs: expected an integer >= 1, got '" + jobs + "'");
+  options.jobs = std::stoll(jobs);
+  if (a.has("gpus")) options.gpus = parse_gpus(a.get("gpus"));
   train::SweepSpec spec = train::load_sweep(a.positional[0], options);
   std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
   // Trials that end in nan, crash, timeout or oom are results of the sweep, not its failure.
-  train::run_sweep(spec, options, self);
+  try {
+    train::run_sweep(spec, options, self);
+  } catch (const train::SweepInterrupted& e) {
+    std::fprintf(stderr, "seqtrain sweep: %s\n", e.what());
+    return 128 + e.signal;
+  }
 
   const std::string script = std::string(SEQTRAIN_SOURCE_DIR) + "/scripts/plot_sweep.py";
   const std::string plot = "/usr/bin/python3 " + script + " " + spec.out + " --metric " + spec.metric +
