@@ -105,8 +105,8 @@ def main():
     a = p.parse_args()
 
     results = pd.read_csv(os.path.join(a.sweep_dir, "results.csv"), dtype={"trial_id": str})
-    fixed = {"trial_id", "status", "n_params", "val_loss", "best_val_loss", "val_bpb", "val_acc", "best_val_acc",
-             "val_seq_acc", "tokens_per_s", "tokens_seen", "wall_s"}
+    fixed = {"trial_id", "status", "code", "n_params", "flops_per_token", "val_loss", "best_val_loss", "val_bpb",
+             "val_acc", "best_val_acc", "val_seq_acc", "tokens_per_s", "mfu", "peak_mem_gib", "tokens_seen", "wall_s"}
     swept = [c for c in results.columns if c not in fixed and not c.startswith("val_acc@")]
     if a.x and a.x not in swept:
         p.error(f"--x {a.x} is not a swept key; expected one of {', '.join(swept)}")

@@ -254,6 +254,10 @@ struct Summary {
   double val_acc = NAN, best_val_acc = NAN, val_seq_acc = NAN;
   std::map<int64_t, double> val_acc_at;
   double tokens_per_s = NAN, tokens_seen = NAN, wall_s = NAN;
+  std::string code;  // the stack's compact layer code (model.layers_code())
+  double flops_per_token = NAN;
+  double mfu = NAN;           // median over the logged steps, % of the bf16 dense peak (GPU runs only)
+  double peak_mem_gib = NAN;  // largest memory logged: the GPU pool's reserved bytes, or the CPU's resident set
 };
 
 std::string acc_at_key(int64_t length) { return "val_acc@" + std::to_string(length); }
@@ -287,13 +291,22 @@ void read_metrics(const fs::path& file, const std::vector<int64_t>& eval_lengths
     if (!(s.best_val_bpb <= s.val_bpb)) s.best_val_bpb = s.val_bpb;
     if (!(s.best_val_acc >= s.val_acc)) s.best_val_acc = s.val_acc;
   }
-  std::vector<double> speeds;
-  for (const auto& [step, line] : train) speeds.push_back(json_number(line, "tokens_per_s"));
+  std::vector<double> speeds, mfus;
+  for (const auto& [step, line] : train) {
+    speeds.push_back(json_number(line, "tokens_per_s"));
+    const double mfu = json_number(line, "mfu"), mem = json_number(line, "mem_gib");
+    if (!std::isnan(mfu)) mfus.push_back(mfu);
+    if (!std::isnan(mem) && !(s.peak_mem_gib >= mem)) s.peak_mem_gib = mem;
+  }
+  auto median = [](std::vector<double>& v) {
+    std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+    return v[v.size() / 2];
+  };
   if (!speeds.empty()) {
-    std::nth_element(speeds.begin(), speeds.begin() + speeds.size() / 2, speeds.end());
-    s.tokens_per_s = speeds[speeds.size() / 2];
+    s.tokens_per_s = median(speeds);
     s.tokens_seen = json_number(train.rbegin()->second, "tokens_seen");
   }
+  if (!mfus.empty()) s.mfu = median(mfus);
 }
 
 std::string number_text(double v, const char* format = "%.9g") {
@@ -324,8 +337,10 @@ void write_summary(const fs::path& file, const Trial& t, const Summary& s) {
     << ", \"best_val_bpb\": " << num(s.best_val_bpb) << ", \"val_acc\": " << num(s.val_acc)
     << ", \"best_val_acc\": " << num(s.best_val_acc) << ", \"val_seq_acc\": " << num(s.val_seq_acc);
   for (const auto& [length, acc] : s.val_acc_at) o << ", \"" << acc_at_key(length) << "\": " << num(acc);
-  o << ", \"tokens_per_s\": " << num(s.tokens_per_s)
-    << ", \"tokens_seen\": " << num(s.tokens_seen) << ", \"wall_s\": " << number_text(s.wall_s, "%.3f") << "}\n";
+  o << ", \"tokens_per_s\": " << num(s.tokens_per_s) << ", \"mfu\": " << num(s.mfu)
+    << ", \"peak_mem_gib\": " << num(s.peak_mem_gib) << ", \"tokens_seen\": " << num(s.tokens_seen)
+    << ", \"code\": \"" << json_escape(s.code) << "\", \"flops_per_token\": " << num(s.flops_per_token)
+    << ", \"wall_s\": " << number_text(s.wall_s, "%.3f") << "}\n";
   // Written beside and renamed: a summary that exists is complete (it is what marks a trial done).
   fs::path tmp = file;
   tmp += ".tmp";
@@ -350,7 +365,15 @@ bool read_summary(const fs::path& file, const std::vector<int64_t>& eval_lengths
   s.val_seq_acc = json_number(text, "val_seq_acc");
   for (int64_t length : eval_lengths) s.val_acc_at[length] = json_number(text, acc_at_key(length));
   s.tokens_per_s = json_number(text, "tokens_per_s");
+  s.mfu = json_number(text, "mfu");
+  s.peak_mem_gib = json_number(text, "peak_mem_gib");
   s.tokens_seen = json_number(text, "tokens_seen");
+  s.flops_per_token = json_number(text, "flops_per_token");
+  const size_t code_at = text.find("\"code\": \"");
+  if (code_at != std::string::npos) {
+    const size_t from = code_at + 9;
+    s.code = text.substr(from, text.find('"', from) - from);
+  }
   s.wall_s = json_number(text, "wall_s");
   return true;
 }
@@ -374,9 +397,9 @@ void write_results(const SweepSpec& spec) {
   std::ostringstream o;
   o << "trial_id,status";
   for (const std::string& k : spec.swept_keys) o << "," << csv_field(k);
-  o << ",n_params,val_loss,best_val_loss,val_bpb,val_acc,best_val_acc,val_seq_acc";
+  o << ",code,n_params,flops_per_token,val_loss,best_val_loss,val_bpb,val_acc,best_val_acc,val_seq_acc";
   for (int64_t length : lengths) o << "," << acc_at_key(length);
-  o << ",tokens_per_s,tokens_seen,wall_s\n";
+  o << ",tokens_per_s,mfu,peak_mem_gib,tokens_seen,wall_s\n";
   for (const Trial& t : spec.trials) {
     Summary s;
     if (!read_summary(fs::path(spec.out) / "trials" / t.id / "summary.json", lengths, s)) continue;
@@ -385,12 +408,14 @@ void write_results(const SweepSpec& spec) {
       auto it = std::find_if(t.axes.begin(), t.axes.end(), [&](const auto& a) { return a.first == k; });
       o << "," << (it == t.axes.end() ? "" : csv_field(it->second));
     }
-    o << "," << number_text(s.n_params, "%.0f") << "," << number_text(s.val_loss) << ","
+    o << "," << csv_field(s.code) << "," << number_text(s.n_params, "%.0f") << ","
+      << number_text(s.flops_per_token, "%.0f") << "," << number_text(s.val_loss) << ","
       << number_text(s.best_val_loss) << "," << number_text(s.val_bpb) << "," << number_text(s.val_acc) << ","
       << number_text(s.best_val_acc) << "," << number_text(s.val_seq_acc);
     for (int64_t length : lengths) o << "," << number_text(s.val_acc_at[length]);
-    o << "," << number_text(s.tokens_per_s, "%.1f")
-      << "," << number_text(s.tokens_seen, "%.0f") << "," << number_text(s.wall_s, "%.3f") << "\n";
+    o << "," << number_text(s.tokens_per_s, "%.1f") << "," << number_text(s.mfu, "%.2f") << ","
+      << number_text(s.peak_mem_gib, "%.3f") << "," << number_text(s.tokens_seen, "%.0f") << ","
+      << number_text(s.wall_s, "%.3f") << "\n";
   }
   fs::path file = fs::path(spec.out) / "results.csv", tmp = file;
   tmp += ".tmp";
@@ -643,6 +668,8 @@ int run_sweep(const SweepSpec& spec, const SweepOptions& options, const std::str
     s.status = classify(child, dir / "output.txt", dir / "logs" / "rank-0.log");
     LanguageModel model(t.config.model);
     s.n_params = double(model.num_parameters());
+    s.flops_per_token = model.flops_per_token(t.config.training.seq_len);
+    s.code = t.config.model.layers_code();
     read_metrics(dir / "metrics.jsonl", lengths, s);
     write_summary(dir / "summary.json", t, s);
     write_results(spec);

@@ -392,20 +392,25 @@ TrainResult train(const Config& cfg, const distributed::World& world, const dist
     double window_s = std::chrono::duration<double>(now - t_window).count();
     double ms_per_step = 1e3 * window_s / double(steps_in_window);
     double tokens_per_s = double(tc.batch_tokens) / (ms_per_step / 1e3);
+    // MFU only where the peak means something (the GPU); mem_gib: the GPU pool's reserved bytes or
+    // the process's resident set.
+    const double mfu = device.is_cuda() ? 100.0 * flops_per_token * tokens_per_s / kPeakFlops : 0.0;
+    const double mem_gib = memory_in_use_gib(device);
+    char mfu_field[40] = "";
+    if (device.is_cuda()) std::snprintf(mfu_field, sizeof mfu_field, "\"mfu\": %.3f, ", mfu);
     std::snprintf(line, sizeof line,
                   "{\"kind\": \"train\", \"step\": %lld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, "
-                  "\"tokens_per_s\": %.1f, \"ms_per_step\": %.3f, \"tokens_seen\": %lld}",
-                  (long long)meta.step, stats.loss, stats.lr, stats.grad_norm, tokens_per_s, ms_per_step,
-                  (long long)meta.tokens_seen);
+                  "\"tokens_per_s\": %.1f, \"ms_per_step\": %.3f, %s\"mem_gib\": %.4f, \"tokens_seen\": %lld}",
+                  (long long)meta.step, stats.loss, stats.lr, stats.grad_norm, tokens_per_s, ms_per_step, mfu_field,
+                  mem_gib, (long long)meta.tokens_seen);
     if (metrics) metrics->write(line);
     if (log_now) {
-      double mfu = device.is_cuda() ? 100.0 * flops_per_token * tokens_per_s / kPeakFlops : 0.0;
       double elapsed = std::chrono::duration<double>(now - t_start).count();
       double eta = elapsed / double(meta.step - first_step) * double(tc.steps - meta.step);
       log->info("step {:6d}/{} | loss {:.4f} | lr {:.2e} | grad norm {:.3f} | {:.1f} ms/step | {:.0f} tok/s | "
                 "MFU {:.1f}% | mem {:.2f} GiB | ETA {}",
                 meta.step, tc.steps, stats.loss, stats.lr, stats.grad_norm, ms_per_step, tokens_per_s, mfu,
-                memory_in_use_gib(device), fmt_duration(eta));
+                mem_gib, fmt_duration(eta));
       t_window = now;
       steps_in_window = 0;
     }

@@ -4,17 +4,19 @@
 // Backward, with xhat = (x - mean) * rstd (mean = 0 for RMSNorm) and g = dy * w:
 //   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))   (no mean(g) term for RMSNorm)
 //   dw = sum_rows dy * xhat,  db = sum_rows dy
-// One kernel per direction serves both norms (Center = LayerNorm). Each row is handled by a
-// group of threads with the row cached in registers (core/cuda/rowwise.cuh), so x and dy are read
-// from HBM once. dw/db are reduced without atomics: each block accumulates the rows it owns into
-// its own partial row, and sum_partials adds the partial rows in a fixed order.
+// Each kernel serves both norms (Center = LayerNorm). Each row is handled by a group of threads
+// (core/cuda/rowwise.cuh), so x and dy are read from HBM once: in the forward the row is cached in
+// registers; in the backward of rows that 16-byte chunks tile (up to 8192 bf16 elements) the next
+// rows are staged into shared memory by cp.async while one is reduced (the pipelined kernel), and
+// other rows take register-cached warp or group kernels. dw/db are reduced without atomics: each
+// block accumulates the rows it owns into its own partial row, and the partial rows are added in a
+// fixed order.
 #include "core/backend.h"
 #include "core/cuda/mma.cuh"
 #include "core/cuda/rowwise.cuh"
 #include "core/cuda/runtime.h"
 
 #include <atomic>
-#include <cstdlib>
 #include <type_traits>
 
 namespace seqtrain::cuda {
@@ -293,7 +295,8 @@ __global__ void __launch_bounds__(kWarpBlock, (forward_warp_min_blocks<K, R>()))
   }
 }
 
-// Backward over a persistent grid, one warp per row, R rows in flight per warp: warp w of block b
+// Backward for rows that 16-byte chunks do not tile, of up to 128 elements (element-wise chunks).
+// Persistent grid, one warp per row, R rows in flight per warp: warp w of block b
 // handles the row groups (b * 8 + w) + j * gridDim.x * 8, each of R consecutive rows whose loads
 // are all issued before any arithmetic (R * 2K independent 16-byte loads per lane). A lane owns
 // the same columns in every row; it accumulates their dw (and db) in its own shared-memory slots
@@ -812,21 +815,20 @@ void norm_backward(const Tensor& x, const Tensor& weight, const Tensor* mean, co
         sum_partials(partials.data<A>(), nparts, width, n, dweight.data<W>(), stream);
         if (has_bias) sum_partials(partials.data<A>() + n, nparts, width, n, dbias->data<W>(), stream);
       };
-      // Warp-per-row persistent kernel when the row fits in K <= 4 chunks per lane (up to 1024
-      // bf16 / 512 f32 / 256 f64 elements; 128 for unaligned rows).
-      auto launch_warp = [&](auto vec_tag, auto bias_tag) {
-        constexpr int V = decltype(vec_tag)::value;
+      // Rows that 16-byte chunks cannot tile (unaligned, or n * sizeof(T) not a multiple of 16) of
+      // up to 128 elements: the warp-per-row kernel with element-wise chunks (K <= 4 per lane).
+      auto launch_warp = [&](auto bias_tag) {
         constexpr bool HasBias = decltype(bias_tag)::value;
-        const int chunks = int(n / V);
+        const int chunks = int(n);
         return dispatch_warp_chunks<kMaxWarpChunksBwd>(chunks, [&](auto k_tag) {
           constexpr int K = decltype(k_tag)::value;
-          launch_backward_warp<T, W, V, K, backward_rows_in_flight<K>(), Center, HasBias>(
+          launch_backward_warp<T, W, 1, K, backward_rows_in_flight<K>(), Center, HasBias>(
               x, weight, mean, rstd, dy, dx, dweight, dbias, rows, int(n), chunks, stream);
         });
       };
-      auto launch_warp_vec = [&](auto vec_tag) {
-        return has_bias ? launch_warp(vec_tag, std::true_type{}) : launch_warp(vec_tag, std::false_type{});
-      };
+      // 16-byte-chunk rows of up to 1024 chunks (8192 bf16 / 4096 f32 / 2048 f64 elements): the
+      // pipelined kernel (measured on the H100 against the warp-per-row and group kernels it replaced
+      // there: equal at 16384 x 768, faster at 65536 x 768 and 16384 x 4096; docs/benchmarks.md).
       auto launch_pipelined = [&](auto bias_tag) {
         constexpr bool HasBias = decltype(bias_tag)::value;
         const int chunks = int(n / kVec<T>);
@@ -835,13 +837,10 @@ void norm_backward(const Tensor& x, const Tensor& weight, const Tensor* mean, co
               x, weight, mean, rstd, dy, dx, dweight, dbias, rows, int(n), chunks, stream);
         });
       };
-      static const bool legacy = std::getenv("SEQTRAIN_NORM_BWD_LEGACY") != nullptr;
       if (n < (int64_t(1) << 31)) {
-        if (vec && !legacy &&
-            (has_bias ? launch_pipelined(std::true_type{}) : launch_pipelined(std::false_type{})))
+        if (vec && (has_bias ? launch_pipelined(std::true_type{}) : launch_pipelined(std::false_type{})))
           return;
-        if (vec ? launch_warp_vec(std::integral_constant<int, kVec<T>>{})
-                : (n <= 4 * kWarpSize && launch_warp_vec(std::integral_constant<int, 1>{})))
+        if (!vec && n <= 4 * kWarpSize && (has_bias ? launch_warp(std::true_type{}) : launch_warp(std::false_type{})))
           return;
       }
       if (vec)

@@ -32,20 +32,24 @@ expect_error() {
 stable_columns() { python3 -c '
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
-for r in rows: print(",".join(v for k, v in r.items() if k not in ("wall_s", "tokens_per_s")))' "$1"; }
+for r in rows: print(",".join(v for k, v in r.items() if k not in ("wall_s", "tokens_per_s", "mfu", "peak_mem_gib")))' "$1"; }
 
 # (1) The whole sweep.
 "$bin" sweep tiny.yaml --out straight "${common[@]}" >straight.txt 2>&1 || fail "sweep exited $?: $(tail -5 straight.txt)"
 python3 -c '
 import csv, sys
 rows = list(csv.DictReader(open("straight/results.csv")))
-need = ["trial_id", "status", "model.pattern", "model.d_model", "n_params", "val_loss", "best_val_loss", "val_bpb",
-        "val_acc", "best_val_acc", "val_seq_acc", "tokens_per_s", "tokens_seen", "wall_s"]
+need = ["trial_id", "status", "model.pattern", "model.d_model", "code", "n_params", "flops_per_token", "val_loss",
+        "best_val_loss", "val_bpb", "val_acc", "best_val_acc", "val_seq_acc", "tokens_per_s", "mfu", "peak_mem_gib",
+        "tokens_seen", "wall_s"]
 if list(rows[0].keys()) != need: sys.exit(f"columns {list(rows[0].keys())}, expected {need}")
 if len(rows) != 4: sys.exit(f"{len(rows)} rows, expected 4")
 if any(r["status"] != "ok" for r in rows): sys.exit(f"not all ok: {rows}")
 if len({r["trial_id"] for r in rows}) != 4 or len({r["n_params"] for r in rows}) != 4: sys.exit(f"ids or n_params repeat: {rows}")
-if any(float(r["val_loss"]) >= 5.6 or int(r["tokens_seen"]) != 6144 for r in rows): sys.exit(f"values: {rows}")' \
+if any(float(r["val_loss"]) >= 5.6 or int(r["tokens_seen"]) != 6144 for r in rows): sys.exit(f"values: {rows}")
+# CPU runs: no MFU; the stack code, FLOPs per token and the peak resident set are filled in.
+if any(r["mfu"] != "" or not r["code"] or float(r["flops_per_token"]) <= 0 or float(r["peak_mem_gib"]) <= 0
+       for r in rows): sys.exit(f"code, flops_per_token, mfu or peak_mem_gib: {rows}")' \
   || fail "results.csv"
 for d in straight/trials/*/; do
   [[ -f $d/summary.json && -f $d/trial.yaml && -f $d/config.yaml && -f $d/metrics.jsonl && -d $d/checkpoints ]] \

@@ -70,8 +70,9 @@ cpu_sweeps)
 import csv, sys
 def rows(name):
     return list(csv.DictReader(open(f"{name}/results.csv")))
-tail = ["n_params", "val_loss", "best_val_loss", "val_bpb", "val_acc", "best_val_acc", "val_seq_acc"]
-speed = ["tokens_per_s", "tokens_seen", "wall_s"]
+tail = ["code", "n_params", "flops_per_token", "val_loss", "best_val_loss", "val_bpb", "val_acc", "best_val_acc",
+        "val_seq_acc"]
+speed = ["tokens_per_s", "mfu", "peak_mem_gib", "tokens_seen", "wall_s"]
 expect = {
     "arch-kjv-cpu": (["model.code"], tail + speed, 2),
     # The grouped axis `shape` sets three keys in step; each is a column, the label is not.
