@@ -402,6 +402,7 @@ __global__ void __launch_bounds__(kWarpBlock, (backward_warp_min_blocks<K, R>())
 // Bytes as the other backward kernels (3 * rows * n * sizeof(T) + partials); shared memory
 // 256 * S * 2 * K * 16 bytes per block.
 constexpr int kPipeBlock = 256, kPipeStages = 3;
+static_assert(kPipeBlock == kWarpBlock, "launch_persistent_backward launches kWarpBlock threads");
 
 template <int G, int K, int S> constexpr size_t pipe_stage_bytes() { return size_t(kPipeBlock) * S * 2 * K * 16; }
 
@@ -630,73 +631,59 @@ unsigned resident_grid(Kernel kernel, const RowPlan& p, int64_t rows, size_t sme
 // where one row's loads are too few to cover HBM latency.
 template <int K> constexpr int backward_rows_in_flight() { return K <= 2 ? 2 : 1; }
 
-// Launches the warp-per-row backward and the fixed-order sum of its per-block partial rows into
-// dweight (and dbias).
-template <class T, class W, int V, int K, int R, bool Center, bool HasBias>
-void launch_backward_warp(const Tensor& x, const Tensor& weight, const Tensor* mean, const Tensor& rstd,
-                          const Tensor& dy, Tensor& dx, Tensor& dweight, Tensor* dbias, int64_t rows, int n,
-                          int chunks, cudaStream_t stream) {
+// Launches a persistent backward kernel (kWarpBlock threads holding `groups_per_block` row groups,
+// each of which walks rows `unit` at a time) and the fixed-order sum of its per-block partial rows
+// into dweight (and dbias). The grid: as few rounds as the resident groups allow, then as few
+// blocks as give every group that many (at most one fewer): no partly filled last round.
+template <auto Kernel, class T, class W, bool HasBias>
+void launch_persistent_backward(size_t smem, int groups_per_block, int unit, const Tensor& x, const Tensor& weight,
+                                const Tensor* mean, const Tensor& rstd, const Tensor& dy, Tensor& dx, Tensor& dweight,
+                                Tensor* dbias, int64_t rows, int n, int chunks, cudaStream_t stream) {
   using A = acc_t<T>;
-  constexpr auto kernel = norm_backward_warp_kernel<T, W, V, K, R, Center, HasBias>;
-  constexpr size_t smem = size_t(HasBias ? 2 : 1) * K * V * kWarpSize * kWarpRowsPerBlock * sizeof(A);
   static const bool configured = [&] {
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     return true;
   }();
   (void)configured;
-  const int64_t resident = int64_t(sm_count(x.device().index)) * warp_blocks_per_sm<kernel>(smem);
-  // Row groups (of R rows) per warp: as few as the resident warps allow, then as few blocks as
-  // give every warp that many (at most one fewer): no partly filled last round.
-  const int64_t groups = (rows + R - 1) / R, slots = resident * kWarpRowsPerBlock;
-  const int64_t per_warp = (groups + slots - 1) / slots;
-  const int64_t warps = (groups + per_warp - 1) / per_warp;
-  const int grid = int((warps + kWarpRowsPerBlock - 1) / kWarpRowsPerBlock);
+  const int64_t resident = int64_t(sm_count(x.device().index)) * warp_blocks_per_sm<Kernel>(smem);
+  const int64_t units = (rows + unit - 1) / unit, slots = resident * groups_per_block;
+  const int64_t per_group = (units + slots - 1) / slots;
+  const int64_t groups = (units + per_group - 1) / per_group;
+  const int grid = int((groups + groups_per_block - 1) / groups_per_block);
   const int width = HasBias ? 2 * n : n;
   Tensor partials = Tensor::empty({int64_t(grid), width}, stats_dtype<T>(), x.device());
-  kernel<<<grid, kWarpBlock, smem, stream>>>(x.data<T>(), weight.data<W>(), mean ? mean->data<A>() : nullptr,
+  Kernel<<<grid, kWarpBlock, smem, stream>>>(x.data<T>(), weight.data<W>(), mean ? mean->data<A>() : nullptr,
                                              rstd.data<A>(), dy.data<T>(), dx.data<T>(), partials.data<A>(), rows,
                                              n, chunks);
-  CUDA_CHECK_LAUNCH(norm_backward_warp_kernel);
+  CUDA_CHECK_LAUNCH(norm_backward_kernel);
   const unsigned rgrid = unsigned((width + kRedCols - 1) / kRedCols);
   sum_norm_partials_kernel<A, W><<<rgrid, dim3(kRedCols, kRedRows), 0, stream>>>(
       partials.data<A>(), grid, n, width, dweight.data<W>(), HasBias ? dbias->data<W>() : nullptr);
   CUDA_CHECK_LAUNCH(sum_norm_partials_kernel);
 }
 
-// Launches the pipelined backward (16-byte chunks; K chunks per thread, G threads per row) and the
-// fixed-order sum of its per-block partial rows into dweight (and dbias).
+// The warp-per-row backward: one row group of R rows per warp.
+template <class T, class W, int V, int K, int R, bool Center, bool HasBias>
+void launch_backward_warp(const Tensor& x, const Tensor& weight, const Tensor* mean, const Tensor& rstd,
+                          const Tensor& dy, Tensor& dx, Tensor& dweight, Tensor* dbias, int64_t rows, int n,
+                          int chunks, cudaStream_t stream) {
+  constexpr size_t smem = size_t(HasBias ? 2 : 1) * K * V * kWarpSize * kWarpRowsPerBlock * sizeof(acc_t<T>);
+  launch_persistent_backward<norm_backward_warp_kernel<T, W, V, K, R, Center, HasBias>, T, W, HasBias>(
+      smem, kWarpRowsPerBlock, R, x, weight, mean, rstd, dy, dx, dweight, dbias, rows, n, chunks, stream);
+}
+
+// The pipelined backward (16-byte chunks; K chunks per thread, G threads per row).
 template <class T, class W, int G, int K, bool Center, bool HasBias>
 void launch_backward_pipelined(const Tensor& x, const Tensor& weight, const Tensor* mean, const Tensor& rstd,
                                const Tensor& dy, Tensor& dx, Tensor& dweight, Tensor* dbias, int64_t rows, int n,
                                int chunks, cudaStream_t stream) {
-  using A = acc_t<T>;
   constexpr int S = kPipeStages, kGroups = kPipeBlock / G;
-  constexpr auto kernel = norm_backward_pipelined_kernel<T, W, G, K, S, Center, HasBias>;
-  const int width = HasBias ? 2 * n : n;
   // The stages, or (G = 32) the groups' partial rows combined at the end, whichever is larger.
   constexpr size_t stage_bytes = pipe_stage_bytes<G, K, S>();
-  constexpr size_t max_sums = size_t(kGroups) * 2 * G * K * kVec<T> * sizeof(A);
+  constexpr size_t max_sums = size_t(kGroups) * 2 * G * K * kVec<T> * sizeof(acc_t<T>);
   constexpr size_t smem = kGroups == 1 || stage_bytes >= max_sums ? stage_bytes : max_sums;
-  static const bool configured = [&] {
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    return true;
-  }();
-  (void)configured;
-  const int64_t resident = int64_t(sm_count(x.device().index)) * warp_blocks_per_sm<kernel>(smem);
-  // Rows per group: as few as the resident groups allow, then as few blocks as give every group
-  // that many (at most one fewer).
-  const int64_t slots = resident * kGroups, per_group = (rows + slots - 1) / slots;
-  const int64_t groups = (rows + per_group - 1) / per_group;
-  const int grid = int((groups + kGroups - 1) / kGroups);
-  Tensor partials = Tensor::empty({int64_t(grid), width}, stats_dtype<T>(), x.device());
-  kernel<<<grid, kPipeBlock, smem, stream>>>(x.data<T>(), weight.data<W>(), mean ? mean->data<A>() : nullptr,
-                                             rstd.data<A>(), dy.data<T>(), dx.data<T>(), partials.data<A>(), rows,
-                                             n, chunks);
-  CUDA_CHECK_LAUNCH(norm_backward_pipelined_kernel);
-  const unsigned rgrid = unsigned((width + kRedCols - 1) / kRedCols);
-  sum_norm_partials_kernel<A, W><<<rgrid, dim3(kRedCols, kRedRows), 0, stream>>>(
-      partials.data<A>(), grid, n, width, dweight.data<W>(), HasBias ? dbias->data<W>() : nullptr);
-  CUDA_CHECK_LAUNCH(sum_norm_partials_kernel);
+  launch_persistent_backward<norm_backward_pipelined_kernel<T, W, G, K, S, Center, HasBias>, T, W, HasBias>(
+      smem, kGroups, 1, x, weight, mean, rstd, dy, dx, dweight, dbias, rows, n, chunks, stream);
 }
 
 // Calls f(integral_constant<G>, integral_constant<K>) for the pipelined backward's shape of a row of
