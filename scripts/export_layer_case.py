@@ -13,8 +13,9 @@ As a command:
         LAYER: attn, mamba, mamba2, hedgehog, aaren, titans, titans-linear, block (attn, rmsnorm, swiglu)
         or block-gelu (attn, layernorm, gelu, biases). Builds the plain-PyTorch reference of scripts/torch_reference_layers.py
         with random weights and inputs, runs it forward and backward from a random grad_y, and writes
-        the case and PyTorch's results (EXPECTED.h5, the layout of layer-run's OUT.h5). --device
-        only sets where seqtrain runs the case; the reference runs on the CPU.
+        the case and PyTorch's results (EXPECTED.h5, the layout of layer-run's OUT.h5), computed in
+        f64 from the case's values whatever its dtype. --device only sets where seqtrain runs the
+        case; the reference runs on the CPU.
     export_layer_case.py compare OUT.h5 EXPECTED.h5 [--tol 1e-5]
         Prints ||out - expected|| / ||expected|| per dataset; exits 1 when one exceeds tol, or when
         the two files do not hold the same datasets with the same shapes.
@@ -147,12 +148,17 @@ def demo(name, case_path, expected_path, dtype="f32", seed=0, backward=True, dev
     # Alternate the two accepted config forms: a bare mapping, and a `model:` section.
     config = flow_yaml(model) if seed % 2 == 0 else "model:\n  " + flow_yaml(model) + "\n"
     write_case(case_path, layer, config, module_params(module), x, grad_y, dtype, device)
+    # The reference runs in f64 on the case's exact values (an f32 case's weights and inputs are
+    # f32 numbers, held exactly in f64): expected results are the f64 CPU reference of DESIGN.md,
+    # not PyTorch's own f32 rounding.
+    module = module.to(torch.float64)
+    x = x.detach().to(torch.float64).requires_grad_(backward)
     y = module(x)
     if backward:
-        y.backward(grad_y)
-        write_results(expected_path, y, x.grad, module_grads(module), dtype)
+        y.backward(grad_y.to(torch.float64))
+        write_results(expected_path, y, x.grad, module_grads(module), "f64")
     else:
-        write_results(expected_path, y, dtype=dtype)
+        write_results(expected_path, y, dtype="f64")
 
 
 def _datasets(f):
