@@ -30,7 +30,7 @@ MemoryChunkDims check_args(const char* op, const MemoryChunkInputs& in) {
 }
 
 // The CUDA kernels (chunk_grads_cuda.cu) serve neural_memory; false sends CUDA tensors to the composed ops.
-constexpr bool kUseCudaKernels = false;
+constexpr bool kUseCudaKernels = true;
 
 bool on_cuda(const Tensor& t) {
 #ifdef SEQTRAIN_WITH_CUDA
@@ -46,7 +46,7 @@ bool on_cuda(const Tensor& t) {
 bool memory_chunk_grads_supported(const Tensor& w0, int64_t C, int64_t d, int64_t h) {
   if (!w0.is_cuda()) return true;
 #ifdef SEQTRAIN_WITH_CUDA
-  return kUseCudaKernels && w0.dtype() == DType::F32 && cuda::memory_chunk_grads_fits({w0.size(0), w0.size(1), C, d, h});
+  return kUseCudaKernels && w0.dtype() == DType::F32 && cuda::memory_chunk_grads_fits({w0.size(0), w0.size(1), C, d, h}, w0.device().index);
 #else
   (void)C, (void)d, (void)h;
   return false;

@@ -106,7 +106,8 @@ void memory_chunk_grads_backward(const MemoryChunkDims& s, const MemoryChunkInpu
 #ifdef SEQTRAIN_WITH_CUDA
 namespace cuda {
 // f32 only; inputs may be strided (inner dimension contiguous, else copied).
-bool memory_chunk_grads_fits(const MemoryChunkDims& s);
+// Whether one token row of the backward fits in the shared memory of CUDA device `device`.
+bool memory_chunk_grads_fits(const MemoryChunkDims& s, int device);
 void memory_chunk_grads_forward(const MemoryChunkDims& s, const MemoryChunkInputs& in, Tensor& g0, Tensor& g1);
 void memory_chunk_grads_backward(const MemoryChunkDims& s, const MemoryChunkInputs& in, const Tensor& dg0,
                                  const Tensor& dg1, MemoryChunkGradsVjp& out);

@@ -57,16 +57,15 @@ struct Params {
 int64_t forward_row_floats(int64_t d, int64_t h) { return 4 * (d + 1) + 3 * (h + 1) + 2; }
 int64_t backward_row_floats(int64_t d, int64_t h) { return 5 * (d + 1) + 5 * (h + 1) + 2; }
 
-int max_smem_bytes() {
-  int device = 0, bytes = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
+int max_smem_bytes(int device) {
+  int bytes = 0;
   CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   return bytes;
 }
 
 // Tile rows for a kernel needing `row_floats` per row (0 when not even one fits).
-int tile_rows(int64_t C, int64_t row_floats) {
-  return int(std::min<int64_t>(C, int64_t(max_smem_bytes()) / int64_t(sizeof(float)) / row_floats));
+int tile_rows(int64_t C, int64_t row_floats, int device) {
+  return int(std::min<int64_t>(C, int64_t(max_smem_bytes(device)) / int64_t(sizeof(float)) / row_floats));
 }
 
 // The tile's buffers in shared memory; ld = d + 1 for the [rows, d] ones, lh = h + 1 for [rows, h].
@@ -341,8 +340,8 @@ void launch(Kernel kernel, const Params& p, int64_t heads, int64_t row_floats, c
 
 }  // namespace
 
-bool memory_chunk_grads_fits(const MemoryChunkDims& s) {
-  return tile_rows(s.C, backward_row_floats(s.d, s.h)) >= 1 && s.d * s.h <= int64_t(1) << 31;
+bool memory_chunk_grads_fits(const MemoryChunkDims& s, int device) {
+  return tile_rows(s.C, backward_row_floats(s.d, s.h), device) >= 1 && s.d * s.h <= int64_t(1) << 31;
 }
 
 void memory_chunk_grads_forward(const MemoryChunkDims& s, const MemoryChunkInputs& in, Tensor& g0, Tensor& g1) {
@@ -356,7 +355,7 @@ void memory_chunk_grads_forward(const MemoryChunkDims& s, const MemoryChunkInput
   }
   Launch L;
   prepare(L, s, in);
-  L.p.tile = tile_rows(s.C, forward_row_floats(s.d, s.h));
+  L.p.tile = tile_rows(s.C, forward_row_floats(s.d, s.h), in.w0.device().index);
   check_fits("memory_chunk_grads", s, in.w0, L.p.tile);
   L.p.g0 = g0.data<float>();
   L.p.g1 = g1.data<float>();
@@ -377,7 +376,7 @@ void memory_chunk_grads_backward(const MemoryChunkDims& s, const MemoryChunkInpu
   prepare(L, s, in);
   L.p.dg0 = operand(dg0, L.keep[5]);
   L.p.dg1 = operand(dg1, L.keep[6]);
-  L.p.tile = tile_rows(s.C, backward_row_floats(s.d, s.h));
+  L.p.tile = tile_rows(s.C, backward_row_floats(s.d, s.h), in.w0.device().index);
   check_fits("memory_chunk_grads backward", s, in.w0, L.p.tile);
   L.p.dw0 = out.dw0.data<float>();
   L.p.dw1 = out.dw1.data<float>();
