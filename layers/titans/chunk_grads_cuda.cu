@@ -35,7 +35,7 @@
 namespace seqtrain::cuda {
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 
 // A [B, H, rows, cols] operand with contiguous columns: element (b, hd, row, col) at
@@ -99,7 +99,7 @@ struct Tile {
 // The forward of tokens [t0, t0 + rows) of head (b, hd) into the tile: k, Z, A, N, dn, D1, s, rho and
 // P = D1 W1^T (before the g'(Z) factor). Begins reading shared memory only after its first barrier,
 // ends with a barrier: the caller must make sure nobody still reads the tile when it is called.
-__device__ void recompute(const Params& P, const Tile& s, int b, int hd, int t0, int rows) {
+__device__ __forceinline__ void recompute(const Params& P, const Tile& s, int b, int hd, int t0, int rows) {
   const int d = P.d, h = P.h, tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const float *W0 = P.w0.head(b, hd), *W1 = P.w1.head(b, hd);
   const float *K = P.k.head(b, hd), *R = P.r.head(b, hd), *U = P.u.head(b, hd);
