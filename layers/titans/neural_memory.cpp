@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "autograd/functions.h"
+#include "layers/titans/chunk_grads.h"
 
 namespace seqtrain {
 
@@ -56,13 +57,13 @@ Tensor retrieve(const std::vector<Tensor>& w, const Tensor& gamma1, const Tensor
 }
 
 // G = sum_t lr_t s_t grad_W l(W; k_t, v_t), one [B, H, in, out] per layer, for the L tokens of one
-// piece of a chunk. The per-token factor u = 2 lr_t (the 2 of grad ||M(k) - v||^2; u = 1 with the
+// piece of a chunk, from differentiable ops (memory_chunk_grads fuses the depth-2 unclamped case). The per-token factor u = 2 lr_t (the 2 of grad ||M(k) - v||^2; u = 1 with the
 // clamp, whose norm needs the unweighted deltas: there `weight` = 2 lr_t [B, H, L, 1] is applied per
 // layer) scales the output-side delta before it is propagated: every delta is linear in it.
 //   depth 1:     r = v, u [B, H, L, 1];                     delta_0 = (x W0 - r) u
 //   depth >= 2:  r = (k - v)(1 + gamma) u, u := (1 + gamma)^2 u;  dn = r + LN(o) u = (M(k) - v)(1 + gamma) u
-std::vector<Tensor> chunk_gradients(const std::vector<Tensor>& w, const Tensor& k, const Tensor& r, const Tensor& u,
-                                    const Tensor& weight, const NeuralMemoryConfig& cfg) {
+std::vector<Tensor> composed_chunk_gradients(const std::vector<Tensor>& w, const Tensor& k, const Tensor& r,
+                                             const Tensor& u, const Tensor& weight, const NeuralMemoryConfig& cfg) {
   MemoryPass p = memory_pass(w, k, cfg.ln_eps);
   const size_t L = w.size();
   const bool clamp = cfg.max_grad_norm > 0;
@@ -95,6 +96,18 @@ std::vector<Tensor> chunk_gradients(const std::vector<Tensor>& w, const Tensor& 
   for (size_t l = 0; l < L; ++l) g[l] = matmul(p.inputs[l], mul(delta[l], wcol), true, false);
   return g;
 }
+
+}  // namespace
+
+std::vector<Tensor> memory_chunk_gradients(const std::vector<Tensor>& w, const Tensor& k, const Tensor& r,
+                                           const Tensor& u, const Tensor& weight, const NeuralMemoryConfig& cfg) {
+  if (cfg.fused && w.size() == 2 && cfg.max_grad_norm <= 0 &&
+      memory_chunk_grads_supported(w[0], k.size(2), k.size(3), w[0].size(3)))
+    return memory_chunk_grads(w[0], w[1], k, r, u, cfg.ln_eps);
+  return composed_chunk_gradients(w, k, r, u, weight, cfg);
+}
+
+namespace {
 
 Tensor accumulate(const Tensor& acc, const Tensor& x) { return acc.defined() ? add(acc, x) : x; }
 
@@ -193,7 +206,7 @@ Tensor neural_memory(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   // Whole-sequence operands, cut into the pieces once.
   Tensor gamma1 = deep ? add_scalar(gamma, 1.0) : Tensor();
   Tensor weight = reshape(scale(lr, 2.0), {B, H, T, 1});
-  Tensor r = v, u = weight;  // chunk_gradients' operands
+  Tensor r = v, u = weight;  // memory_chunk_gradients' operands
   if (deep) {
     Tensor ug = clamp ? gamma1 : mul(weight, gamma1);
     r = mul(sub(k, v), ug);
@@ -210,7 +223,7 @@ Tensor neural_memory(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   std::vector<Tensor> outs;
   // A piece that is not a complete chunk: partial sums in the state, retrieval right away.
   auto partial_piece = [&](size_t i, int64_t s, int64_t e) {
-    std::vector<Tensor> g = chunk_gradients(state.weights, ks[i], rs[i], us[i], ws[i], cfg);
+    std::vector<Tensor> g = memory_chunk_gradients(state.weights, ks[i], rs[i], us[i], ws[i], cfg);
     for (size_t l = 0; l < L; ++l) state.pending[l] = accumulate(state.pending[l], g[l]);
     state.alpha_sum = accumulate(state.alpha_sum, gate_sum(slice(alpha_logit, 2, s, e)));
     state.eta_sum = accumulate(state.eta_sum, gate_sum(slice(eta_logit, 2, s, e)));
@@ -230,7 +243,7 @@ Tensor neural_memory(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   std::vector<std::vector<Tensor>> chunk_weights(L);  // [layer][c]
   for (int64_t c = 0; c < n_full; ++c, ++piece) {
     for (size_t l = 0; l < L; ++l) chunk_weights[l].push_back(state.weights[l]);
-    state.pending = chunk_gradients(state.weights, ks[piece], rs[piece], us[piece], ws[piece], cfg);
+    state.pending = memory_chunk_gradients(state.weights, ks[piece], rs[piece], us[piece], ws[piece], cfg);
     close_chunk(state, keep[size_t(c)], eta[size_t(c)]);
   }
   if (n_full > 0) {

@@ -6,6 +6,7 @@
 #include "autograd/functions.h"
 #include "autograd/gradcheck.h"
 #include "gradcheck/gradcheck_util.h"
+#include "layers/titans/chunk_grads.h"
 #include "layers/titans/titans.h"
 #include "test_util.h"
 #include "train/config.h"
@@ -22,6 +23,20 @@ struct Case {
   int64_t depth, chunk;
   double clamp;
 };
+
+// The fused chunk gradients of the depth-2 memory (chunk_grads.h) w.r.t. W0, W1, k, r and u, with k,
+// r, u strided slices as neural_memory passes them.
+TEST(TitansChunkGradsGradcheck, MatchesFiniteDifferences) {
+  const int64_t B = 2, H = 2, C = 3, d = 3, h = 5;
+  Inputs in{f64_leaf({B, H, d, h}, 1, -0.8, 0.8), f64_leaf({B, H, h, d}, 2, -0.8, 0.8),
+            f64_leaf({B, H, C + 1, d}, 3), f64_leaf({B, H, C + 1, d}, 4), f64_leaf({B, H, C + 1, d}, 5, 0.1, 1.0)};
+  auto fn = [&](const Inputs& x) {
+    auto chunk = [&](const Tensor& t) { return slice(t, 2, 1, C + 1); };
+    return memory_chunk_grads(x[0], x[1], chunk(x[2]), chunk(x[3]), chunk(x[4]), 1e-5);
+  };
+  auto r = gradcheck(fn, in);
+  EXPECT_TRUE(r.ok) << r.report;
+}
 
 class NeuralMemoryGradcheck : public ::testing::TestWithParam<Case> {};
 

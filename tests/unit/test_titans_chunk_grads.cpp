@@ -1,0 +1,110 @@
+// The fused chunk gradients of the depth-2 Titans memory (layers/titans/chunk_grads.h) against the
+// composed ops of neural_memory (memory_chunk_gradients with cfg.fused = false), in f64: the outputs
+// G0, G1 and the gradients of every input for a random cotangent, within 1e-12 relative (the two
+// differ only in rounding). Odd sizes (C = 1, 5, 16; d = 3, 8; h = 4d and others; B, H > 1), with
+// k, r, u strided slices of [B, H, T, d] tensors as neural_memory passes them. Then neural_memory
+// end to end, fused against composed. Every term of the backward's derivation is needed to pass.
+#include "autograd/node.h"
+#include "layers/titans/chunk_grads.h"
+#include "layers/titans/neural_memory.h"
+#include "test_util.h"
+
+namespace seqtrain {
+namespace {
+
+using testing::random_tensor;
+using testing::rel_error;
+
+struct Size {
+  int64_t B, H, C, d, h;
+};
+
+struct PathResult {
+  std::vector<Tensor> out, grads;  // G0, G1; dW0, dW1, dk, dr, du (of the leaves)
+};
+
+class TitansChunkGrads : public ::testing::TestWithParam<Size> {};
+
+TEST_P(TitansChunkGrads, FusedMatchesComposedOpsAndTheirGradients) {
+  const Size s = GetParam();
+  const int64_t T = s.C + 3, t0 = 2;  // the chunk is tokens [t0, t0 + C) of T
+  const Tensor w0 = random_tensor({s.B, s.H, s.d, s.h}, DType::F64, Device::cpu(), 1, -0.6, 0.6);
+  const Tensor w1 = random_tensor({s.B, s.H, s.h, s.d}, DType::F64, Device::cpu(), 2, -0.6, 0.6);
+  const Tensor k = random_tensor({s.B, s.H, T, s.d}, DType::F64, Device::cpu(), 3);
+  const Tensor r = random_tensor({s.B, s.H, T, s.d}, DType::F64, Device::cpu(), 4);
+  const Tensor u = random_tensor({s.B, s.H, T, s.d}, DType::F64, Device::cpu(), 5, 0.1, 1.0);
+  const Tensor dg0 = random_tensor({s.B, s.H, s.d, s.h}, DType::F64, Device::cpu(), 6);
+  const Tensor dg1 = random_tensor({s.B, s.H, s.h, s.d}, DType::F64, Device::cpu(), 7);
+  auto run = [&](bool fused) {
+    std::vector<Tensor> leaves;
+    for (const Tensor& t : {w0, w1, k, r, u}) leaves.push_back(t.clone().set_requires_grad(true));
+    auto chunk = [&](const Tensor& x) { return slice(x, 2, t0, t0 + s.C); };
+    NeuralMemoryConfig cfg;
+    cfg.fused = fused;
+    PathResult out;
+    out.out = fused ? memory_chunk_grads(leaves[0], leaves[1], chunk(leaves[2]), chunk(leaves[3]),
+                                         chunk(leaves[4]), cfg.ln_eps)
+                    : memory_chunk_gradients({leaves[0], leaves[1]}, chunk(leaves[2]), chunk(leaves[3]),
+                                             chunk(leaves[4]), Tensor(), cfg);
+    autograd::run_backward(out.out, {dg0, dg1});
+    for (const Tensor& l : leaves) out.grads.push_back(l.grad());
+    return out;
+  };
+  const PathResult fused = run(true), composed = run(false);
+  const char* names[] = {"G0", "G1", "dW0", "dW1", "dk", "dr", "du"};
+  for (size_t i = 0; i < 2; ++i) EXPECT_LT(rel_error(fused.out[i], composed.out[i]), 1e-12) << names[i];
+  for (size_t i = 0; i < 5; ++i) {
+    ASSERT_TRUE(fused.grads[i].defined() && composed.grads[i].defined()) << names[i + 2];
+    EXPECT_LT(rel_error(fused.grads[i], composed.grads[i]), 1e-12) << names[i + 2];
+  }
+  // Rows of k, r, u outside the chunk get no gradient.
+  EXPECT_EQ(testing::max_abs_diff(fused.grads[2].slice(2, 0, t0), Tensor::zeros({s.B, s.H, t0, s.d}, DType::F64)), 0.0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, TitansChunkGrads,
+                         ::testing::Values(Size{2, 3, 1, 3, 12}, Size{2, 2, 5, 3, 12}, Size{3, 2, 16, 3, 7},
+                                           Size{2, 2, 1, 8, 32}, Size{2, 3, 5, 8, 32}, Size{2, 2, 16, 8, 32},
+                                           Size{2, 2, 16, 8, 13}),
+                         [](const ::testing::TestParamInfo<Size>& info) {
+                           const Size& s = info.param;
+                           return "C" + std::to_string(s.C) + "_d" + std::to_string(s.d) + "_h" +
+                                  std::to_string(s.h);
+                         });
+
+TEST(TitansChunkGrads, NeuralMemoryFusedMatchesComposed) {
+  // T = 11 with chunk 4 after a 1-token call: a partial head, complete chunks and a partial tail.
+  const int64_t B = 2, H = 2, T = 11, d = 5, h = 20;
+  std::vector<Tensor> base{random_tensor({B, H, T, d}, DType::F64, Device::cpu(), 11),
+                           random_tensor({B, H, T, d}, DType::F64, Device::cpu(), 12),
+                           random_tensor({B, H, T, d}, DType::F64, Device::cpu(), 13),
+                           random_tensor({B, H, T}, DType::F64, Device::cpu(), 14, 0.05, 0.4),
+                           random_tensor({B, H, T}, DType::F64, Device::cpu(), 15, -3.0, 0.0),
+                           random_tensor({B, H, T}, DType::F64, Device::cpu(), 16, -1.0, 2.0),
+                           random_tensor({1, H, 1, d}, DType::F64, Device::cpu(), 17, -0.5, 0.5),
+                           random_tensor({B, H, d, h}, DType::F64, Device::cpu(), 18, -0.6, 0.6),
+                           random_tensor({B, H, h, d}, DType::F64, Device::cpu(), 19, -0.6, 0.6)};
+  const Tensor dy = random_tensor({B, H, T, d}, DType::F64, Device::cpu(), 20);
+  auto run = [&](bool fused) {
+    std::vector<Tensor> x;
+    for (const Tensor& t : base) x.push_back(t.clone().set_requires_grad(true));
+    NeuralMemoryConfig cfg;
+    cfg.chunk = 4;
+    cfg.fused = fused;
+    NeuralMemoryState st;
+    st.weights = {x[7], x[8]};
+    auto piece = [&](int64_t a, int64_t e) {
+      return neural_memory(slice(x[0], 2, a, e), slice(x[1], 2, a, e), slice(x[2], 2, a, e), slice(x[3], 2, a, e),
+                           slice(x[4], 2, a, e), slice(x[5], 2, a, e), x[6], cfg, st);
+    };
+    Tensor y = concat({piece(0, 1), piece(1, T)}, 2);
+    autograd::run_backward({y}, {dy});
+    std::vector<Tensor> out{y.detach()};
+    for (const Tensor& l : x) out.push_back(l.grad());
+    return out;
+  };
+  const std::vector<Tensor> fused = run(true), composed = run(false);
+  for (size_t i = 0; i < fused.size(); ++i) EXPECT_LT(rel_error(fused[i], composed[i]), 1e-12) << "output " << i;
+}
+
+}  // namespace
+}  // namespace seqtrain
