@@ -26,6 +26,12 @@ MemoryChunkDims check_args(const char* op, const MemoryChunkInputs& in) {
   for (auto [name, t] : {std::pair<const char*, const Tensor*>{"k", &in.k}, {"r", &in.r}, {"u", &in.u}})
     check_operand(op, name, *t, {s.B, s.H, s.C, s.d}, w0);
   ST_CHECK(in.eps > 0, op, ": eps ", in.eps, ": expected > 0");
+  ST_CHECK(in.max_norm >= 0, op, ": max_norm ", in.max_norm, ": expected >= 0 (0 = no clamp)");
+  if (in.max_norm > 0)
+    check_operand(op, "weight (the clamp's per-token 2 lr)", in.weight, {s.B, s.H, s.C, 1}, w0);
+  else
+    ST_CHECK(!in.weight.defined(), op, ": weight ", in.weight.desc(),
+             " given without the clamp (max_norm 0); expected it undefined (lr folded into r, u)");
   return s;
 }
 
@@ -76,7 +82,8 @@ MemoryChunkGradsVjp memory_chunk_grads_backward(const MemoryChunkInputs& in, con
   check_operand(op, "dG0", dg0, {s.B, s.H, s.d, s.h}, in.w0);
   check_operand(op, "dG1", dg1, {s.B, s.H, s.h, s.d}, in.w0);
   auto like = [](const Tensor& t) { return Tensor::empty(t.shape(), t.dtype(), t.device()); };
-  MemoryChunkGradsVjp g{like(in.w0), like(in.w1), like(in.k), like(in.r), like(in.u)};
+  MemoryChunkGradsVjp g{like(in.w0), like(in.w1), like(in.k), like(in.r), like(in.u),
+                        in.max_norm > 0 ? like(in.weight) : Tensor()};
   if (on_cuda(in.w0)) {
 #ifdef SEQTRAIN_WITH_CUDA
     cuda::memory_chunk_grads_backward(s, in, dg0, dg1, g);
@@ -88,15 +95,21 @@ MemoryChunkGradsVjp memory_chunk_grads_backward(const MemoryChunkInputs& in, con
 }
 
 std::vector<Tensor> memory_chunk_grads(const Tensor& w0, const Tensor& w1, const Tensor& k, const Tensor& r,
-                                       const Tensor& u, double eps) {
-  const MemoryChunkInputs in{w0, w1, k, r, u, eps};
+                                       const Tensor& u, double eps, const Tensor& weight, double max_norm) {
+  const MemoryChunkInputs in{w0, w1, k, r, u, eps, weight, max_norm};
   MemoryChunkGrads g = memory_chunk_grads_forward(in);
   std::vector<Tensor> outputs{g.g0, g.g1};
   // Only the inputs are saved (detached); the backward recomputes the forward from them.
-  const MemoryChunkInputs saved{w0.detach(), w1.detach(), k.detach(), r.detach(), u.detach(), eps};
-  autograd::record("memory_chunk_grads", {w0, w1, k, r, u}, outputs, [saved](const std::vector<Tensor>& grads) {
+  const bool clamp = max_norm > 0;
+  const MemoryChunkInputs saved{w0.detach(), w1.detach(), k.detach(), r.detach(), u.detach(),
+                                eps, clamp ? weight.detach() : Tensor(), max_norm};
+  std::vector<Tensor> inputs{w0, w1, k, r, u};
+  if (clamp) inputs.push_back(weight);
+  autograd::record("memory_chunk_grads", inputs, outputs, [saved, clamp](const std::vector<Tensor>& grads) {
     MemoryChunkGradsVjp d = memory_chunk_grads_backward(saved, grads[0], grads[1]);
-    return std::vector<Tensor>{d.dw0, d.dw1, d.dk, d.dr, d.du};
+    std::vector<Tensor> out{d.dw0, d.dw1, d.dk, d.dr, d.du};
+    if (clamp) out.push_back(d.dweight);
+    return out;
   });
   return outputs;
 }

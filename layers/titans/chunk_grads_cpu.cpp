@@ -14,7 +14,15 @@ namespace {
 template <class Real>
 struct HeadInputs {
   const Real *w0, *w1, *k, *r, *u;  // [d, h], [h, d], [C, d] x 3
+  const Real* w;                    // [C], the clamp's weights (null without the clamp)
 };
+
+template <class Real>
+Real dot(int64_t n, const Real* x, const Real* y) {
+  Real acc = 0;
+  for (int64_t i = 0; i < n; ++i) acc += x[i] * y[i];
+  return acc;
+}
 
 // The forward of one head, recomputed (chunk_grads.h's names).
 template <class Real>
@@ -124,11 +132,21 @@ template <class Real>
 HeadInputs<Real> head_inputs(const MemoryChunkDims& s, const std::vector<Tensor>& in, int64_t bh) {
   const int64_t dh = s.d * s.h, cd = s.C * s.d;
   return {in[0].data<Real>() + bh * dh, in[1].data<Real>() + bh * dh, in[2].data<Real>() + bh * cd,
-          in[3].data<Real>() + bh * cd, in[4].data<Real>() + bh * cd};
+          in[3].data<Real>() + bh * cd, in[4].data<Real>() + bh * cd,
+          in.size() > 5 ? in[5].data<Real>() + bh * s.C : nullptr};
 }
 
 std::vector<Tensor> contiguous_inputs(const MemoryChunkInputs& in) {
-  return {in.w0.contiguous(), in.w1.contiguous(), in.k.contiguous(), in.r.contiguous(), in.u.contiguous()};
+  std::vector<Tensor> x{in.w0.contiguous(), in.w1.contiguous(), in.k.contiguous(), in.r.contiguous(),
+                        in.u.contiguous()};
+  if (in.max_norm > 0) x.push_back(in.weight.contiguous());
+  return x;
+}
+
+// h_t of the clamp (chunk_grads.h) from the squared row norms of k, D0, A, D1.
+template <class Real>
+Real clamp_half_norm(Real kk, Real d0d0, Real aa, Real d1d1) {
+  return std::sqrt(kk * d0d0 + aa * d1d1 + Real(kMemoryClampHalfNormEps));
 }
 
 template <class Real>
@@ -142,6 +160,15 @@ void forward_impl(const MemoryChunkDims& s, const MemoryChunkInputs& in, Tensor&
     HeadForward<Real> f(C, d, h);
     f.compute(hi, Real(in.eps));
     for (int64_t e = 0; e < C * h; ++e) f.p[size_t(e)] *= GeluTerms<Real>(f.z[size_t(e)]).d1;  // D0
+    if (in.max_norm > 0)  // D0, D1 scaled by c_t
+      for (int64_t t = 0; t < C; ++t) {
+        Real *d0t = &f.p[size_t(t * h)], *d1t = &f.d1[size_t(t * d)];
+        const Real *kt = hi.k + t * d, *at = &f.a[size_t(t * h)];
+        const Real hn = clamp_half_norm(dot(d, kt, kt), dot(h, d0t, d0t), dot(h, at, at), dot(d, d1t, d1t));
+        const Real c = ClampTerms<Real>(hn, hi.w[t], Real(in.max_norm)).c;
+        for (int64_t j = 0; j < h; ++j) d0t[j] *= c;
+        for (int64_t i = 0; i < d; ++i) d1t[i] *= c;
+      }
     sum_outer(C, d, h, hi.k, f.p.data(), G0 + bh * d * h, false);
     sum_outer(C, h, d, f.a.data(), f.d1.data(), G1 + bh * d * h, false);
   }
@@ -163,19 +190,44 @@ void backward_impl(const MemoryChunkDims& s, const MemoryChunkInputs& in, const 
     f.compute(hi, Real(in.eps));
     const Real* dg0h = dG0 + bh * d * h;  // [d, h]
     const Real* dg1h = dG1 + bh * d * h;  // [h, d]
-    // Q = k dG0; then, elementwise: X = Q P g'' (first term of Zb), Pb = Q g', D0 = P g', and g' kept.
-    std::vector<Real> q(size_t(C * h)), xz(size_t(C * h)), gp(size_t(C * h));
+    // Q = k dG0, A dG1 (into ev), D0 = P g' (into d0), g', g''.
+    std::vector<Real> q(size_t(C * h)), d0(size_t(C * h)), gp(size_t(C * h)), gpp(size_t(C * h));
+    std::vector<Real> ev(size_t(C * d));
     matmul_nn(C, d, h, hi.k, dg0h, q.data(), false);
+    matmul_nn(C, h, d, f.a.data(), dg1h, ev.data(), false);
     for (size_t e = 0; e < q.size(); ++e) {
       const GeluTerms<Real> g(f.z[e]);
-      xz[e] = q[e] * f.p[e] * g.d2;
-      q[e] *= g.d1;       // Pb
-      f.p[e] *= g.d1;     // D0
       gp[e] = g.d1;
+      gpp[e] = g.d2;
+      d0[e] = f.p[e] * g.d1;
     }
-    // e = A dG1 + Pb W1, then the row work: dr, du, and Ob (into e).
-    std::vector<Real> ev(size_t(C * d));
-    matmul_nn(C, h, d, f.a.data(), dg1h, ev.data(), false);
+    // Per token: c, nu (chunk_grads.h; 1, 0 without the clamp), and dw. Then Q' = c Q + nu |k|^2 D0 (into
+    // q), X = Q' P g'' (into xz), Pb = Q' g' (into q), and e = c A dG1 + nu |A|^2 D1 (into ev).
+    std::vector<Real> c(size_t(C), Real(1)), nu(size_t(C), Real(0)), xz(size_t(C * h));
+    Real* dwh = in.max_norm > 0 ? out.dweight.data<Real>() + bh * C : nullptr;
+    for (int64_t t = 0; t < C; ++t) {
+      Real *qt = &q[size_t(t * h)], *et = &ev[size_t(t * d)];
+      const Real *d0t = &d0[size_t(t * h)], *d1t = &f.d1[size_t(t * d)];
+      const Real *kt = hi.k + t * d, *at = &f.a[size_t(t * h)];
+      if (dwh) {
+        const Real beta = dot(h, qt, d0t) + dot(d, et, d1t);
+        const Real kk = dot(d, kt, kt), aa = dot(h, at, at);
+        const ClampTerms<Real> ct(clamp_half_norm(kk, dot(h, d0t, d0t), aa, dot(d, d1t, d1t)), hi.w[t],
+                                  Real(in.max_norm));
+        c[size_t(t)] = ct.c;
+        nu[size_t(t)] = beta * ct.fh_w;
+        dwh[t] = beta * ct.f;
+        for (int64_t j = 0; j < h; ++j) qt[j] = ct.c * qt[j] + nu[size_t(t)] * kk * d0t[j];
+        for (int64_t i = 0; i < d; ++i) et[i] = ct.c * et[i] + nu[size_t(t)] * aa * d1t[i];
+      }
+      const Real *pt = &f.p[size_t(t * h)], *gpt = &gp[size_t(t * h)], *gppt = &gpp[size_t(t * h)];
+      Real* xt = &xz[size_t(t * h)];
+      for (int64_t j = 0; j < h; ++j) {
+        xt[j] = qt[j] * pt[j] * gppt[j];
+        qt[j] *= gpt[j];  // Pb
+      }
+    }
+    // e += Pb W1, then the row work: dr, du, and Ob (into e).
     matmul_nn(C, h, d, q.data(), hi.w1, ev.data(), true);
     Real *drh = dR + bh * C * d, *duh = dU + bh * C * d;
     for (int64_t t = 0; t < C; ++t) {
@@ -209,13 +261,27 @@ void backward_impl(const MemoryChunkDims& s, const MemoryChunkInputs& in, const 
     Real* dw1h = dW1 + bh * d * h;
     sum_outer(C, h, d, q.data(), f.d1.data(), dw1h, false);
     sum_outer(C, h, d, f.a.data(), ev.data(), dw1h, true);
-    // Zb = X + (D1 dG1^T + Ob W1^T) g'  (into q: Pb is no longer needed)
+    // Zb = X + (c D1 dG1^T + nu |D1|^2 A + Ob W1^T) g'  (into q: Pb is no longer needed)
     matmul_nt(C, d, h, f.d1.data(), dg1h, q.data(), false);
+    if (dwh)
+      for (int64_t t = 0; t < C; ++t) {
+        const Real *d1t = &f.d1[size_t(t * d)], *at = &f.a[size_t(t * h)];
+        const Real ct = c[size_t(t)], na = nu[size_t(t)] * dot(d, d1t, d1t);
+        Real* qt = &q[size_t(t * h)];
+        for (int64_t j = 0; j < h; ++j) qt[j] = ct * qt[j] + na * at[j];
+      }
     matmul_nt(C, d, h, ev.data(), hi.w1, q.data(), true);
     for (size_t e = 0; e < q.size(); ++e) q[e] = xz[e] + q[e] * gp[e];
-    // dk = D0 dG0^T + Zb W0^T;  dW0 = k^T Zb
+    // dk = c D0 dG0^T + nu |D0|^2 k + Zb W0^T;  dW0 = k^T Zb
     Real* dkh = dK + bh * C * d;
-    matmul_nt(C, h, d, f.p.data(), dg0h, dkh, false);
+    matmul_nt(C, h, d, d0.data(), dg0h, dkh, false);
+    if (dwh)
+      for (int64_t t = 0; t < C; ++t) {
+        const Real *d0t = &d0[size_t(t * h)], *kt = hi.k + t * d;
+        const Real ct = c[size_t(t)], nk = nu[size_t(t)] * dot(h, d0t, d0t);
+        Real* dkt = dkh + t * d;
+        for (int64_t i = 0; i < d; ++i) dkt[i] = ct * dkt[i] + nk * kt[i];
+      }
     matmul_nt(C, h, d, q.data(), hi.w0, dkh, true);
     sum_outer(C, d, h, hi.k, q.data(), dW0 + bh * d * h, false);
   }

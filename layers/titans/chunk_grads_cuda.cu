@@ -10,7 +10,8 @@
 // Shared memory per tile row (floats; rows padded to d + 1 and h + 1 so that the column walks of
 // the "NT" products, lanes along tokens, are free of bank conflicts for even d, h):
 //   forward  k, N, dn, D1 [d + 1 each]; Z, A, P [h + 1 each]; s, rho
-//   backward the same plus e (later Ob) [d + 1], Q (later Pb) and X (Q P g'', later Zb) [h + 1]
+//   backward the same plus e (later Ob) [d + 1], Q (later Pb) and X (P g'', then Q' P g'', later Zb)
+//            [h + 1], and c, nu, |D0|^2, |D1|^2
 // (at d = 64, h = 256: 4.4 KB / 6.5 KB per row, so 227 KB holds 51 / 35 rows: C = 64 runs as 2 tiles
 // in the backward, 2 in the forward). The weights W0, W1, dG0, dG1 [d, h] are read from global memory
 // (L1/L2-resident: 64 KB each at d = 64, h = 256) by FMA loops:
@@ -19,7 +20,10 @@
 //   "NT" products (times a weight transposed, e.g. P = D1 W1^T): a thread per output, lanes along
 //        tokens (the weight's row broadcast), the tile operand read down a padded column;
 //   sums over tokens (G0 = k^T D0, ...): a thread per output element, both operands in shared memory.
-// Row work (LayerNorm, its backward): a warp per token row, shuffle reductions.
+// Row work (LayerNorm, its backward, the clamp's norms and factors c_t, nu_t): a warp per token row,
+// shuffle reductions, each lane reading and writing only its own columns of the row.
+// The clamp (max_norm > 0): the forward scales the tile's D0, D1 rows by c_t before the sums; the
+// backward has every row computed in one form: c = 1, nu = 0 without the clamp.
 // Cost per (b, head) and chunk: forward 10 C d h FMAs-worth of FLOPs, backward 26 C d h (chunk_grads.h);
 // at B H = 8 heads the launch fills 8 of 132 SMs: latency-bound but ~2 launches per chunk instead of
 // ~45 forward and ~80 backward ops. Global traffic: inputs and outputs once; weights re-read per
@@ -48,14 +52,16 @@ struct Operand {
 
 struct Params {
   Operand w0, w1, k, r, u, dg0, dg1;  // dg0, dg1: backward only
+  Operand wt;                         // [B, H, C, 1] the clamp's weights w_t (max_norm > 0 only)
   float *g0, *g1;                     // forward outputs [B, H, d, h], [B, H, h, d] (contiguous)
   float *dw0, *dw1, *dk, *dr, *du;    // backward outputs, contiguous
+  float* dwt;                         // backward output [B, H, C, 1] (max_norm > 0 only)
   int H, C, d, h, tile;
-  float eps;
+  float eps, max_norm;
 };
 
 int64_t forward_row_floats(int64_t d, int64_t h) { return 4 * (d + 1) + 3 * (h + 1) + 2; }
-int64_t backward_row_floats(int64_t d, int64_t h) { return 5 * (d + 1) + 5 * (h + 1) + 2; }
+int64_t backward_row_floats(int64_t d, int64_t h) { return 5 * (d + 1) + 5 * (h + 1) + 6; }
 
 int max_smem_bytes(int device) {
   int bytes = 0;
@@ -73,6 +79,7 @@ struct Tile {
   float *k, *n, *dn, *d1, *e;  // [tile, ld]   (e: backward only)
   float *z, *a, *p, *q, *x;    // [tile, lh]   (q, x: backward only)
   float *sd, *rho;             // [tile]
+  float *cl, *nu, *d0d0, *d1d1;  // [tile]: c_t, nu_t, |D0_t|^2, |D1_t|^2 (backward only)
   int ld, lh;
   __device__ Tile(float* smem, const Params& P, bool backward) : ld(P.d + 1), lh(P.h + 1) {
     const int T = P.tile;
@@ -92,7 +99,15 @@ struct Tile {
       e = q = x = nullptr;
     }
     sd = s, s += T;
-    rho = s;
+    rho = s, s += T;
+    if (backward) {
+      cl = s, s += T;
+      nu = s, s += T;
+      d0d0 = s, s += T;
+      d1d1 = s;
+    } else {
+      cl = nu = d0d0 = d1d1 = nullptr;
+    }
   }
 };
 
@@ -183,7 +198,30 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Params P) {
       s.p[t * s.lh + j] *= GeluTerms<float>(s.z[t * s.lh + j]).d1;
     }
     __syncthreads();
-    for (int e = tid; e < d * h; e += kThreads) {  // G0 = k^T D0, G1 = A^T D1 (this thread's elements)
+    if (P.max_norm > 0.f) {  // the clamp: D0, D1 rows scaled by c_t (a warp per row, lanes own columns)
+      const int lane = tid % 32, warp = tid / 32;
+      const float* Wt = P.wt.head(b, hd);
+      for (int t = warp; t < rows; t += kWarps) {
+        float *d0t = s.p + t * s.lh, *d1t = s.d1 + t * s.ld;
+        const float *kt = s.k + t * s.ld, *at = s.a + t * s.lh;
+        float kk = 0.f, d1d1 = 0.f, aa = 0.f, d0d0 = 0.f;
+        for (int i = lane; i < d; i += 32) {
+          kk += kt[i] * kt[i];
+          d1d1 += d1t[i] * d1t[i];
+        }
+        for (int j = lane; j < h; j += 32) {
+          aa += at[j] * at[j];
+          d0d0 += d0t[j] * d0t[j];
+        }
+        kk = warp_sum(kk), d1d1 = warp_sum(d1d1), aa = warp_sum(aa), d0d0 = warp_sum(d0d0);
+        const float hn = sqrtf(kk * d0d0 + aa * d1d1 + float(kMemoryClampHalfNormEps));
+        const float c = ClampTerms<float>(hn, Wt[(t0 + t) * P.wt.sr], P.max_norm).c;
+        for (int i = lane; i < d; i += 32) d1t[i] *= c;
+        for (int j = lane; j < h; j += 32) d0t[j] *= c;
+      }
+      __syncthreads();
+    }
+    for (int e = tid; e < d * h; e += kThreads) {  // G0 = k^T (c D0), G1 = A^T (c D1) (this thread's elements)
       const int i0 = e / h, j0 = e % h;             // G0[i0, j0]
       const int j1 = e / d, i1 = e % d;             // G1[j1, i1]
       float acc0 = 0.f, acc1 = 0.f;
@@ -209,11 +247,12 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(Params P) {
   const int64_t head_dh = int64_t(blockIdx.x) * d * h, head_cd = int64_t(blockIdx.x) * P.C * d;
   float *dW0 = P.dw0 + head_dh, *dW1 = P.dw1 + head_dh;                          // [d, h], [h, d]
   float *dK = P.dk + head_cd, *dR = P.dr + head_cd, *dU = P.du + head_cd;       // [C, d]
+  float* dWt = P.max_norm > 0.f ? P.dwt + int64_t(blockIdx.x) * P.C : nullptr;    // [C] (clamp only)
   for (int t0 = 0; t0 < P.C; t0 += P.tile) {
     const int rows = min(P.tile, P.C - t0);
     recompute(P, s, b, hd, t0, rows);
-    // Q = k dG0 (NN); then, on the thread's own element: X = Q P g'', Pb = Q g' (into q),
-    // D0 = P g' (into p), g' (into z).
+    // Q = k dG0 (NN, into q); then, on the thread's own element: P g'' (into x), D0 = P g' (into p),
+    // g' (into z).
     for (int e = tid; e < rows * h; e += kThreads) {
       const int t = e / h, j = e % h;
       const float* kt = s.k + t * s.ld;
@@ -222,18 +261,66 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(Params P) {
       const int o = t * s.lh + j;
       const GeluTerms<float> g(s.z[o]);
       const float pv = s.p[o];
-      s.x[o] = qv * pv * g.d2;
-      s.q[o] = qv * g.d1;
+      s.q[o] = qv;
+      s.x[o] = pv * g.d2;
       s.p[o] = pv * g.d1;
       s.z[o] = g.d1;
     }
-    __syncthreads();
-    for (int e = tid; e < rows * d; e += kThreads) {  // e = A dG1 + Pb W1   (NN)
+    for (int e = tid; e < rows * d; e += kThreads) {  // A dG1 (NN, into e)
       const int t = e / d, i = e % d;
-      const float *at = s.a + t * s.lh, *qt = s.q + t * s.lh;
+      const float* at = s.a + t * s.lh;
       float acc = 0.f;
-      for (int j = 0; j < h; ++j) acc = fmaf(at[j], dG1[j * sg1 + i], fmaf(qt[j], W1[j * sw1 + i], acc));
+      for (int j = 0; j < h; ++j) acc = fmaf(at[j], dG1[j * sg1 + i], acc);
       s.e[t * s.ld + i] = acc;
+    }
+    __syncthreads();
+    // Per row (a warp, lanes own columns): c, nu (1, 0 without the clamp), dw = beta f; then
+    // Q' = c Q + nu |k|^2 D0, X = Q' P g'' (into x), Pb = Q' g' (into q), e = c A dG1 + nu |A|^2 D1.
+    for (int t = warp; t < rows; t += kWarps) {
+      float *qt = s.q + t * s.lh, *xt = s.x + t * s.lh, *et = s.e + t * s.ld;
+      const float *d0t = s.p + t * s.lh, *gpt = s.z + t * s.lh, *d1t = s.d1 + t * s.ld;
+      const float *kt = s.k + t * s.ld, *at = s.a + t * s.lh;
+      float c = 1.f, nu = 0.f, kk = 0.f, aa = 0.f, d0d0 = 0.f, d1d1 = 0.f;
+      if (P.max_norm > 0.f) {
+        float beta = 0.f;
+        for (int i = lane; i < d; i += 32) {
+          beta += et[i] * d1t[i];
+          kk += kt[i] * kt[i];
+          d1d1 += d1t[i] * d1t[i];
+        }
+        for (int j = lane; j < h; j += 32) {
+          beta += qt[j] * d0t[j];
+          aa += at[j] * at[j];
+          d0d0 += d0t[j] * d0t[j];
+        }
+        beta = warp_sum(beta), kk = warp_sum(kk), aa = warp_sum(aa);
+        d0d0 = warp_sum(d0d0), d1d1 = warp_sum(d1d1);
+        const float hn = sqrtf(kk * d0d0 + aa * d1d1 + float(kMemoryClampHalfNormEps));
+        const ClampTerms<float> ct(hn, P.wt.head(b, hd)[(t0 + t) * P.wt.sr], P.max_norm);
+        c = ct.c;
+        nu = beta * ct.fh_w;
+        if (lane == 0) dWt[t0 + t] = beta * ct.f;
+      }
+      if (lane == 0) {
+        s.cl[t] = c;
+        s.nu[t] = nu;
+        s.d0d0[t] = d0d0;
+        s.d1d1[t] = d1d1;
+      }
+      for (int j = lane; j < h; j += 32) {
+        const float qv = c * qt[j] + nu * kk * d0t[j];
+        xt[j] *= qv;
+        qt[j] = qv * gpt[j];
+      }
+      for (int i = lane; i < d; i += 32) et[i] = c * et[i] + nu * aa * d1t[i];
+    }
+    __syncthreads();
+    for (int e = tid; e < rows * d; e += kThreads) {  // e += Pb W1   (NN)
+      const int t = e / d, i = e % d;
+      const float* qt = s.q + t * s.lh;
+      float acc = 0.f;
+      for (int j = 0; j < h; ++j) acc = fmaf(qt[j], W1[j * sw1 + i], acc);
+      s.e[t * s.ld + i] += acc;
     }
     __syncthreads();
     for (int t = warp; t < rows; t += kWarps) {  // the LayerNorm rows: dr, du; Nb (into dn), Ob (into e)
@@ -263,7 +350,8 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(Params P) {
       for (int i = lane; i < d; i += 32) et[i] = (nbt[i] - mnb - nt[i] * mnbn) / sdv + sb * nt[i] / float(d);
     }
     __syncthreads();
-    // dW1 = Pb^T D1 + A^T Ob (this thread's elements), and Zb = X + (D1 dG1^T + Ob W1^T) g' (NT, into x).
+    // dW1 = Pb^T D1 + A^T Ob (this thread's elements), and
+    // Zb = X + (c D1 dG1^T + nu |D1|^2 A + Ob W1^T) g' (NT, into x).
     for (int e = tid; e < d * h; e += kThreads) {
       const int j = e / d, i = e % d;
       float acc = 0.f;
@@ -275,20 +363,26 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(Params P) {
       const int t = e % rows, j = e / rows;
       const float *d1t = s.d1 + t * s.ld, *obt = s.e + t * s.ld;
       const float *g1 = dG1 + j * sg1, *w1 = W1 + j * sw1;
-      float acc = 0.f;
-      for (int i = 0; i < d; ++i) acc = fmaf(d1t[i], g1[i], fmaf(obt[i], w1[i], acc));
+      float acc_g = 0.f, acc_w = 0.f;
+      for (int i = 0; i < d; ++i) {
+        acc_g = fmaf(d1t[i], g1[i], acc_g);
+        acc_w = fmaf(obt[i], w1[i], acc_w);
+      }
       const int o = t * s.lh + j;
-      s.x[o] += acc * s.z[o];
+      s.x[o] += (s.cl[t] * acc_g + s.nu[t] * s.d1d1[t] * s.a[o] + acc_w) * s.z[o];
     }
     __syncthreads();
-    // dk = D0 dG0^T + Zb W0^T (NT), dW0 = k^T Zb (this thread's elements).
+    // dk = c D0 dG0^T + nu |D0|^2 k + Zb W0^T (NT), dW0 = k^T Zb (this thread's elements).
     for (int e = tid; e < rows * d; e += kThreads) {
       const int t = e % rows, i = e / rows;
       const float *d0t = s.p + t * s.lh, *zbt = s.x + t * s.lh;
       const float *g0 = dG0 + i * sg0, *w0 = W0 + i * sw0;
-      float acc = 0.f;
-      for (int j = 0; j < h; ++j) acc = fmaf(d0t[j], g0[j], fmaf(zbt[j], w0[j], acc));
-      dK[(t0 + t) * d + i] = acc;
+      float acc_g = 0.f, acc_w = 0.f;
+      for (int j = 0; j < h; ++j) {
+        acc_g = fmaf(d0t[j], g0[j], acc_g);
+        acc_w = fmaf(zbt[j], w0[j], acc_w);
+      }
+      dK[(t0 + t) * d + i] = s.cl[t] * acc_g + s.nu[t] * s.d0d0[t] * s.k[t * s.ld + i] + acc_w;
     }
     for (int e = tid; e < d * h; e += kThreads) {
       const int i = e / h, j = e % h;
@@ -308,7 +402,7 @@ Operand operand(const Tensor& t, Tensor& keep) {
 
 struct Launch {
   Params p{};
-  Tensor keep[7];
+  Tensor keep[8];
 };
 
 void prepare(Launch& L, const MemoryChunkDims& s, const MemoryChunkInputs& in) {
@@ -318,8 +412,10 @@ void prepare(Launch& L, const MemoryChunkDims& s, const MemoryChunkInputs& in) {
   p.k = operand(in.k, L.keep[2]);
   p.r = operand(in.r, L.keep[3]);
   p.u = operand(in.u, L.keep[4]);
+  if (in.max_norm > 0) p.wt = operand(in.weight, L.keep[7]);
   p.H = int(s.H), p.C = int(s.C), p.d = int(s.d), p.h = int(s.h);
   p.eps = float(in.eps);
+  p.max_norm = float(in.max_norm);
 }
 
 void check_fits(const char* op, const MemoryChunkDims& s, const Tensor& w0, int tile) {
@@ -383,6 +479,7 @@ void memory_chunk_grads_backward(const MemoryChunkDims& s, const MemoryChunkInpu
   L.p.dk = out.dk.data<float>();
   L.p.dr = out.dr.data<float>();
   L.p.du = out.du.data<float>();
+  if (in.max_norm > 0) L.p.dwt = out.dweight.data<float>();
   launch(backward_kernel, L.p, heads, backward_row_floats(s.d, s.h), stream, "memory_chunk_grads backward_kernel");
 }
 

@@ -57,7 +57,7 @@ Tensor retrieve(const std::vector<Tensor>& w, const Tensor& gamma1, const Tensor
 }
 
 // G = sum_t lr_t s_t grad_W l(W; k_t, v_t), one [B, H, in, out] per layer, for the L tokens of one
-// piece of a chunk, from differentiable ops (memory_chunk_grads fuses the depth-2 unclamped case). The per-token factor u = 2 lr_t (the 2 of grad ||M(k) - v||^2; u = 1 with the
+// piece of a chunk, from differentiable ops (memory_chunk_grads fuses depth 2). The per-token factor u = 2 lr_t (the 2 of grad ||M(k) - v||^2; u = 1 with the
 // clamp, whose norm needs the unweighted deltas: there `weight` = 2 lr_t [B, H, L, 1] is applied per
 // layer) scales the output-side delta before it is propagated: every delta is linear in it.
 //   depth 1:     r = v, u [B, H, L, 1];                     delta_0 = (x W0 - r) u
@@ -90,7 +90,7 @@ std::vector<Tensor> composed_chunk_gradients(const std::vector<Tensor>& w, const
     Tensor term = mul(sum(square(p.inputs[l]), -1, true), sum(square(delta[l]), -1, true));
     sq = sq.defined() ? add(sq, term) : term;
   }
-  Tensor half_norm = sqrt(add_scalar(sq, 0.25e-12));
+  Tensor half_norm = sqrt(add_scalar(sq, kMemoryClampHalfNormEps));
   const double m = cfg.max_grad_norm;
   Tensor wcol = mul(weight, div(scale(tanh(scale(half_norm, 2.0 / m)), 0.5 * m), half_norm));
   for (size_t l = 0; l < L; ++l) g[l] = matmul(p.inputs[l], mul(delta[l], wcol), true, false);
@@ -101,9 +101,11 @@ std::vector<Tensor> composed_chunk_gradients(const std::vector<Tensor>& w, const
 
 std::vector<Tensor> memory_chunk_gradients(const std::vector<Tensor>& w, const Tensor& k, const Tensor& r,
                                            const Tensor& u, const Tensor& weight, const NeuralMemoryConfig& cfg) {
-  if (cfg.fused && w.size() == 2 && cfg.max_grad_norm <= 0 &&
-      memory_chunk_grads_supported(w[0], k.size(2), k.size(3), w[0].size(3)))
-    return memory_chunk_grads(w[0], w[1], k, r, u, cfg.ln_eps);
+  if (cfg.fused && w.size() == 2 && memory_chunk_grads_supported(w[0], k.size(2), k.size(3), w[0].size(3))) {
+    if (cfg.max_grad_norm <= 0) return memory_chunk_grads(w[0], w[1], k, r, u, cfg.ln_eps);
+    // With the clamp u = (1 + gamma)^2 is per head and column only: the op takes it per token.
+    return memory_chunk_grads(w[0], w[1], k, r, expand(u, k.shape()), cfg.ln_eps, weight, cfg.max_grad_norm);
+  }
   return composed_chunk_gradients(w, k, r, u, weight, cfg);
 }
 

@@ -35,8 +35,9 @@
 //   in the loop, per complete chunk: the memory pass on k, the inner backward (lr, the 2 of the loss
 //     and the residual folded in; gelu' in 12 ops), one matmul per layer for G^c, and the update
 //     (4 ops per layer): about 45 ops for depth 2 (65 with the clamp), 9 for depth 1 (21 with the clamp);
-//   for depth 2 without the clamp, the per-chunk gradients are one fused op instead (chunk_grads.h:
-//     memory pass, inner backward and the sums, with a hand-written backward; 1 op + the update's 8),
+//   for depth 2 (with or without the clamp), the per-chunk gradients are one fused op instead
+//     (chunk_grads.h: memory pass, inner backward, the clamp and the sums, with a hand-written
+//     backward; 1 op + the update's 8),
 //     where the device has it (cfg.fused; the composed ops otherwise);
 //   after the loop: the retrieval of every complete chunk at once, batched matmuls on the weights
 //     stacked over chunks: q [B, H, n, C - 1, d] against W^c [B, H, n, in, out] and the chunks' last
@@ -63,7 +64,7 @@ struct NeuralMemoryConfig {
   int64_t chunk = 16;          // C
   double max_grad_norm = 0.0;  // per-token soft clamp of ||grad l||; 0 = off
   double ln_eps = 1e-5;
-  // Depth 2 without the clamp: the per-chunk gradients by the fused op (chunk_grads.h) where the
+  // Depth 2: the per-chunk gradients by the fused op (chunk_grads.h) where the
   // device has it; false forces the composed ops (tests compare the two).
   bool fused = true;
 };
@@ -90,7 +91,7 @@ Tensor memory_apply(const std::vector<Tensor>& weights, const Tensor& gamma, con
 
 // G = sum_t lr_t s_t grad_W l(W; k_t, v_t) for the tokens of one piece of a chunk, one [B, H, in, out]
 // per layer, from neural_memory's folded operands (neural_memory.cpp says which): the fused op for
-// depth 2 without the clamp when cfg.fused and the device has it, the composed ops otherwise.
+// depth 2 when cfg.fused and the device has it, the composed ops otherwise.
 std::vector<Tensor> memory_chunk_gradients(const std::vector<Tensor>& w, const Tensor& k, const Tensor& r,
                                            const Tensor& u, const Tensor& weight, const NeuralMemoryConfig& cfg);
 

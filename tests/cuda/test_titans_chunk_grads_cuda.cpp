@@ -1,13 +1,17 @@
 // CUDA fused chunk gradients of the depth-2 Titans memory (layers/titans/chunk_grads_cuda.cu) against
-// the CPU reference: the forward (G0, G1) and the backward (dW0, dW1, dk, dr, du) on fresh random f32
-// inputs, every output allocation poisoned with NaN (an element a kernel forgot to write fails), k, r,
+// the CPU reference: the forward (G0, G1) and the backward (dW0, dW1, dk, dr, du, and dw with the
+// clamp) on fresh random f32 inputs, without the clamp and with it (m = 1, the r, u rows scaled by
+// 10^-2 .. 10^2 so that the tokens fall in tanh's linear, nonlinear and saturated ranges), every output allocation poisoned with NaN (an element a kernel forgot to write fails), k, r,
 // u strided slices of [B, H, T, d] as neural_memory passes them, sizes that are multiples of no tile
 // (and d = 64, h = 256, C = 64, which the kernels run as two token tiles).
 // Tolerance, with ref the CPU f64 result on the same f32 values: rel_error(gpu, ref) <= 1e-5 +
 // 2 rel_error(cpu_f32, ref) (the project's f32 rule; the second term admits the error of the f32 CPU
 // reference itself, whose sums of up to C or h products run in another order). The backward is
 // bitwise reproducible. Then neural_memory on CUDA (through the dispatch) against the CPU, with the
-// outer gradient. Every test skips on a machine without a GPU.
+// outer gradient, with and without the clamp. Every test skips on a machine without a GPU.
+#include <cmath>
+
+#include "autograd/functions.h"
 #include "autograd/node.h"
 #include "layers/titans/chunk_grads.h"
 #include "layers/titans/neural_memory.h"
@@ -31,13 +35,15 @@ class TitansChunkGradsCuda : public ::testing::TestWithParam<MemoryChunkDims> {
 
 struct Operands {
   Tensor w0, w1, k, r, u, dg0, dg1;  // k, r, u: [B, H, C + 2, d], the chunk is rows [1, C + 1)
+  Tensor weight;                     // [B, H, C + 2, 1], the clamp's w_t
+  double max_norm;                   // 0 = no clamp
   Operands to(DType dt, Device dev) const {
     auto c = [&](const Tensor& t) { return t.to(dt).to(dev); };
-    return {c(w0), c(w1), c(k), c(r), c(u), c(dg0), c(dg1)};
+    return {c(w0), c(w1), c(k), c(r), c(u), c(dg0), c(dg1), c(weight), max_norm};
   }
   MemoryChunkInputs inputs() const {
     auto chunk = [](const Tensor& t) { return t.slice(2, 1, t.size(2) - 1); };
-    return {w0, w1, chunk(k), chunk(r), chunk(u), 1e-5};
+    return {w0, w1, chunk(k), chunk(r), chunk(u), 1e-5, max_norm > 0 ? chunk(weight) : Tensor(), max_norm};
   }
 };
 
@@ -45,32 +51,54 @@ std::vector<Tensor> results(const Operands& o) {
   MemoryChunkGrads g = memory_chunk_grads_forward(o.inputs());
   MemoryChunkGradsVjp v = memory_chunk_grads_backward(o.inputs(), o.dg0, o.dg1);
   std::vector<Tensor> out;
-  for (const Tensor& t : {g.g0, g.g1, v.dw0, v.dw1, v.dk, v.dr, v.du}) out.push_back(t.to(Device::cpu()).to(DType::F64));
+  for (const Tensor& t : {g.g0, g.g1, v.dw0, v.dw1, v.dk, v.dr, v.du, v.dweight})
+    if (t.defined()) out.push_back(t.to(Device::cpu()).to(DType::F64));
   return out;
+}
+
+// Row t of x [B, H, T, d] (f32) scaled by 10^(-2 + 4 t / (T - 1)).
+Tensor spread_rows(const Tensor& x) {
+  const int64_t T = x.size(2);
+  std::vector<double> f(static_cast<size_t>(T));
+  for (int64_t t = 0; t < T; ++t) f[size_t(t)] = std::pow(10.0, -2.0 + 4.0 * double(t) / double(T - 1));
+  return mul(x, Tensor::from_vector(f, {1, 1, T, 1}, DType::F32));
 }
 
 TEST_P(TitansChunkGradsCuda, MatchesCpu) {
   const MemoryChunkDims s = GetParam();
   // Scales as in the memory: unit-ish keys, xavier-like weights, r and u of the folded operands.
   const double wa = std::sqrt(6.0 / double(s.d + s.h));
-  Operands f32{random_tensor({s.B, s.H, s.d, s.h}, DType::F32, Device::cpu(), 1, -wa, wa),
-               random_tensor({s.B, s.H, s.h, s.d}, DType::F32, Device::cpu(), 2, -wa, wa),
-               random_tensor({s.B, s.H, s.C + 2, s.d}, DType::F32, Device::cpu(), 3, -0.3, 0.3),
-               random_tensor({s.B, s.H, s.C + 2, s.d}, DType::F32, Device::cpu(), 4, -0.5, 0.5),
-               random_tensor({s.B, s.H, s.C + 2, s.d}, DType::F32, Device::cpu(), 5, 0.05, 1.0),
-               random_tensor({s.B, s.H, s.d, s.h}, DType::F32, Device::cpu(), 6),
-               random_tensor({s.B, s.H, s.h, s.d}, DType::F32, Device::cpu(), 7)};
-  const std::vector<Tensor> gpu = results(f32.to(DType::F32, Device::cuda()));
-  const std::vector<Tensor> cpu = results(f32);
-  const std::vector<Tensor> ref = results(f32.to(DType::F64, Device::cpu()));
-  const char* names[] = {"G0", "G1", "dW0", "dW1", "dk", "dr", "du"};
-  for (size_t i = 0; i < gpu.size(); ++i) {
-    const double err_gpu = rel_error(gpu[i], ref[i]), err_cpu = rel_error(cpu[i], ref[i]);
-    EXPECT_LE(err_gpu, 1e-5 + 2 * err_cpu) << names[i] << ": gpu " << err_gpu << ", cpu f32 " << err_cpu
-                                           << ", gpu vs cpu f32 " << rel_error(gpu[i], cpu[i]);
+  const Operands base{random_tensor({s.B, s.H, s.d, s.h}, DType::F32, Device::cpu(), 1, -wa, wa),
+                      random_tensor({s.B, s.H, s.h, s.d}, DType::F32, Device::cpu(), 2, -wa, wa),
+                      random_tensor({s.B, s.H, s.C + 2, s.d}, DType::F32, Device::cpu(), 3, -0.3, 0.3),
+                      random_tensor({s.B, s.H, s.C + 2, s.d}, DType::F32, Device::cpu(), 4, -0.5, 0.5),
+                      random_tensor({s.B, s.H, s.C + 2, s.d}, DType::F32, Device::cpu(), 5, 0.05, 1.0),
+                      random_tensor({s.B, s.H, s.d, s.h}, DType::F32, Device::cpu(), 6),
+                      random_tensor({s.B, s.H, s.h, s.d}, DType::F32, Device::cpu(), 7),
+                      random_tensor({s.B, s.H, s.C + 2, 1}, DType::F32, Device::cpu(), 8, 0.05, 0.8),
+                      0.0};
+  for (double m : {0.0, 1.0}) {
+    SCOPED_TRACE(m > 0 ? "clamp" : "no clamp");
+    Operands f32 = base;
+    f32.max_norm = m;
+    if (m > 0) {
+      f32.r = spread_rows(base.r);
+      f32.u = spread_rows(base.u);
+    }
+    const std::vector<Tensor> gpu = results(f32.to(DType::F32, Device::cuda()));
+    const std::vector<Tensor> cpu = results(f32);
+    const std::vector<Tensor> ref = results(f32.to(DType::F64, Device::cpu()));
+    ASSERT_EQ(gpu.size(), m > 0 ? 8u : 7u);
+    const char* names[] = {"G0", "G1", "dW0", "dW1", "dk", "dr", "du", "dweight"};
+    for (size_t i = 0; i < gpu.size(); ++i) {
+      const double err_gpu = rel_error(gpu[i], ref[i]), err_cpu = rel_error(cpu[i], ref[i]);
+      EXPECT_LE(err_gpu, 1e-5 + 2 * err_cpu) << names[i] << ": gpu " << err_gpu << ", cpu f32 " << err_cpu
+                                             << ", gpu vs cpu f32 " << rel_error(gpu[i], cpu[i]);
+    }
+    const std::vector<Tensor> again = results(f32.to(DType::F32, Device::cuda()));
+    for (size_t i = 0; i < gpu.size(); ++i)
+      EXPECT_EQ(max_abs_diff(gpu[i], again[i]), 0.0) << names[i] << " not reproducible";
   }
-  const std::vector<Tensor> again = results(f32.to(DType::F32, Device::cuda()));
-  for (size_t i = 0; i < gpu.size(); ++i) EXPECT_EQ(max_abs_diff(gpu[i], again[i]), 0.0) << names[i] << " not reproducible";
 }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, TitansChunkGradsCuda,
@@ -97,10 +125,11 @@ TEST(TitansChunkGradsCudaMemory, NeuralMemoryMatchesCpu) {
                            random_tensor({B, H, d, h}, DType::F32, Device::cpu(), 18, -0.25, 0.25),
                            random_tensor({B, H, h, d}, DType::F32, Device::cpu(), 19, -0.25, 0.25)};
   const Tensor dy = random_tensor({B, H, T, d}, DType::F32, Device::cpu(), 20);
-  auto run = [&](Device dev) {
+  auto run = [&](Device dev, double m) {
     std::vector<Tensor> x;
     for (const Tensor& t : base) x.push_back(t.to(dev).detach().set_requires_grad(true));
     NeuralMemoryConfig cfg;
+    cfg.max_grad_norm = m;
     NeuralMemoryState st;
     st.weights = {x[7], x[8]};
     auto piece = [&](int64_t a, int64_t e) {
@@ -113,11 +142,14 @@ TEST(TitansChunkGradsCudaMemory, NeuralMemoryMatchesCpu) {
     for (const Tensor& l : x) out.push_back(l.grad().to(Device::cpu()).to(DType::F64));
     return out;
   };
-  const std::vector<Tensor> gpu = run(Device::cuda()), cpu = run(Device::cpu());
-  // Looser than a single op (as tests/cuda/test_titans_cuda.cpp explains): the error compounds
-  // through the chunk recurrence and the second-order backward.
-  for (size_t i = 0; i < gpu.size(); ++i)
-    EXPECT_LT(rel_error(gpu[i], cpu[i]), i == 0 ? 2e-5 : 2e-4) << "output " << i << " (y, then the inputs' gradients)";
+  for (double m : {0.0, 1.0}) {
+    SCOPED_TRACE(m > 0 ? "clamp" : "no clamp");
+    const std::vector<Tensor> gpu = run(Device::cuda(), m), cpu = run(Device::cpu(), m);
+    // Looser than a single op (as tests/cuda/test_titans_cuda.cpp explains): the error compounds
+    // through the chunk recurrence and the second-order backward.
+    for (size_t i = 0; i < gpu.size(); ++i)
+      EXPECT_LT(rel_error(gpu[i], cpu[i]), i == 0 ? 2e-5 : 2e-4) << "output " << i << " (y, then the inputs' gradients)";
+  }
 }
 
 }  // namespace

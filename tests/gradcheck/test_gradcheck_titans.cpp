@@ -38,6 +38,21 @@ TEST(TitansChunkGradsGradcheck, MatchesFiniteDifferences) {
   EXPECT_TRUE(r.ok) << r.report;
 }
 
+// With the clamp, also w.r.t. the per-token weights w; m = 1 puts the tokens' 2 h_t / m around 1
+// (tanh's nonlinear range: the clamp's own derivative terms matter).
+TEST(TitansChunkGradsGradcheck, WithClampMatchesFiniteDifferences) {
+  const int64_t B = 2, H = 2, C = 3, d = 3, h = 5;
+  Inputs in{f64_leaf({B, H, d, h}, 1, -0.8, 0.8), f64_leaf({B, H, h, d}, 2, -0.8, 0.8),
+            f64_leaf({B, H, C + 1, d}, 3),        f64_leaf({B, H, C + 1, d}, 4),
+            f64_leaf({B, H, C + 1, d}, 5, 0.1, 1.0), f64_leaf({B, H, C + 1, 1}, 6, 0.1, 0.8)};
+  auto fn = [&](const Inputs& x) {
+    auto chunk = [&](const Tensor& t) { return slice(t, 2, 1, C + 1); };
+    return memory_chunk_grads(x[0], x[1], chunk(x[2]), chunk(x[3]), chunk(x[4]), 1e-5, chunk(x[5]), 1.0);
+  };
+  auto r = gradcheck(fn, in);
+  EXPECT_TRUE(r.ok) << r.report;
+}
+
 class NeuralMemoryGradcheck : public ::testing::TestWithParam<Case> {};
 
 TEST_P(NeuralMemoryGradcheck, MatchesFiniteDifferences) {
