@@ -1,6 +1,10 @@
 // Validation, dispatch and the autograd wrapper of the fused chunk gradients (math in chunk_grads.h).
 #include "layers/titans/chunk_grads.h"
 
+#include <atomic>
+#include <cstdlib>
+#include <string>
+
 #include "autograd/node.h"
 
 namespace seqtrain {
@@ -35,11 +39,8 @@ MemoryChunkDims check_args(const char* op, const MemoryChunkInputs& in) {
   return s;
 }
 
-// Whether the CUDA kernels (chunk_grads_cuda.cu) serve neural_memory; false sends CUDA tensors to
-// the composed ops. Off until tests/cuda/test_titans_chunk_grads_cuda.cpp has passed on a GPU (the
-// kernels are written and emulated on the CPU, never run); the direct op calls of those tests reach
-// the kernels either way.
-constexpr bool kUseCudaKernels = false;
+// memory_chunk_grads_cuda_enabled(): -1 = not decided yet (read the environment on first use).
+std::atomic<int> g_cuda_enabled{-1};
 
 bool on_cuda(const Tensor& t) {
 #ifdef SEQTRAIN_WITH_CUDA
@@ -52,10 +53,22 @@ bool on_cuda(const Tensor& t) {
 
 }  // namespace
 
+bool memory_chunk_grads_cuda_enabled() {
+  int on = g_cuda_enabled.load();
+  if (on < 0) {
+    const char* env = std::getenv("SEQTRAIN_TITANS_FUSED_CUDA");
+    on = env != nullptr && std::string(env) == "1";
+    g_cuda_enabled.store(on);
+  }
+  return on == 1;
+}
+
+void set_memory_chunk_grads_cuda_enabled(bool on) { g_cuda_enabled.store(on ? 1 : 0); }
+
 bool memory_chunk_grads_supported(const Tensor& w0, int64_t C, int64_t d, int64_t h) {
   if (!w0.is_cuda()) return true;
 #ifdef SEQTRAIN_WITH_CUDA
-  return kUseCudaKernels && w0.dtype() == DType::F32 && cuda::memory_chunk_grads_fits({w0.size(0), w0.size(1), C, d, h}, w0.device().index);
+  return memory_chunk_grads_cuda_enabled() && w0.dtype() == DType::F32 && cuda::memory_chunk_grads_fits({w0.size(0), w0.size(1), C, d, h}, w0.device().index);
 #else
   (void)C, (void)d, (void)h;
   return false;

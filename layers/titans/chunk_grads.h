@@ -127,9 +127,16 @@ std::vector<Tensor> memory_chunk_grads(const Tensor& w0, const Tensor& w1, const
                                        const Tensor& u, double eps, const Tensor& weight = Tensor(),
                                        double max_norm = 0.0);
 
-// Whether the device of `w0` has an implementation for these dtype and sizes (the dispatch of
-// neural_memory: the composed ops otherwise).
+// Whether the device of `w0` has an implementation for these dtype and sizes that neural_memory may
+// use (the composed ops otherwise).
 bool memory_chunk_grads_supported(const Tensor& w0, int64_t C, int64_t d, int64_t h);
+
+// Whether neural_memory sends CUDA tensors to the fused kernels. Off by default until the kernels
+// (written, emulated on the CPU) have passed tests/cuda/test_titans_chunk_grads_cuda.cpp on a GPU;
+// SEQTRAIN_TITANS_FUSED_CUDA=1 in the environment turns it on, and tests set it. Direct calls of
+// memory_chunk_grads on CUDA tensors always reach the kernels.
+bool memory_chunk_grads_cuda_enabled();
+void set_memory_chunk_grads_cuda_enabled(bool on);
 
 // ---- backends, called after validation; outputs preallocated contiguous ----
 namespace cpu {

@@ -142,6 +142,9 @@ TEST(TitansChunkGradsCudaMemory, NeuralMemoryMatchesCpu) {
     for (const Tensor& l : x) out.push_back(l.grad().to(Device::cpu()).to(DType::F64));
     return out;
   };
+  // neural_memory reaches the kernels only when they are enabled (off by default).
+  const bool was_enabled = memory_chunk_grads_cuda_enabled();
+  set_memory_chunk_grads_cuda_enabled(true);
   for (double m : {0.0, 1.0}) {
     SCOPED_TRACE(m > 0 ? "clamp" : "no clamp");
     const std::vector<Tensor> gpu = run(Device::cuda(), m), cpu = run(Device::cpu(), m);
@@ -150,6 +153,7 @@ TEST(TitansChunkGradsCudaMemory, NeuralMemoryMatchesCpu) {
     for (size_t i = 0; i < gpu.size(); ++i)
       EXPECT_LT(rel_error(gpu[i], cpu[i]), i == 0 ? 2e-5 : 2e-4) << "output " << i << " (y, then the inputs' gradients)";
   }
+  set_memory_chunk_grads_cuda_enabled(was_enabled);
 }
 
 }  // namespace
