@@ -15,12 +15,14 @@
 #include "autograd/node.h"
 #include "layers/titans/chunk_grads.h"
 #include "layers/titans/neural_memory.h"
+#include "neural_memory_case.h"
 #include "test_util.h"
 
 namespace seqtrain {
 namespace {
 
 using testing::max_abs_diff;
+using testing::NeuralMemoryCase;
 using testing::random_tensor;
 using testing::rel_error;
 
@@ -114,33 +116,11 @@ INSTANTIATE_TEST_SUITE_P(Sizes, TitansChunkGradsCuda,
 TEST(TitansChunkGradsCudaMemory, NeuralMemoryMatchesCpu) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
   // Chunk 16 over T = 53 in two calls (a partial head, complete chunks, a partial tail), d = 16, h = 64.
-  const int64_t B = 2, H = 2, T = 53, d = 16, h = 64;
-  std::vector<Tensor> base{random_tensor({B, H, T, d}, DType::F32, Device::cpu(), 11, -0.3, 0.3),
-                           random_tensor({B, H, T, d}, DType::F32, Device::cpu(), 12, -0.3, 0.3),
-                           random_tensor({B, H, T, d}, DType::F32, Device::cpu(), 13),
-                           random_tensor({B, H, T}, DType::F32, Device::cpu(), 14, 0.05, 0.4),
-                           random_tensor({B, H, T}, DType::F32, Device::cpu(), 15, -3.0, 0.0),
-                           random_tensor({B, H, T}, DType::F32, Device::cpu(), 16, -1.0, 2.0),
-                           random_tensor({1, H, 1, d}, DType::F32, Device::cpu(), 17, -0.5, 0.5),
-                           random_tensor({B, H, d, h}, DType::F32, Device::cpu(), 18, -0.25, 0.25),
-                           random_tensor({B, H, h, d}, DType::F32, Device::cpu(), 19, -0.25, 0.25)};
-  const Tensor dy = random_tensor({B, H, T, d}, DType::F32, Device::cpu(), 20);
+  const NeuralMemoryCase c(2, 2, 53, 16, 64, DType::F32, 0.3, 0.25);
   auto run = [&](Device dev, double m) {
-    std::vector<Tensor> x;
-    for (const Tensor& t : base) x.push_back(t.to(dev).detach().set_requires_grad(true));
     NeuralMemoryConfig cfg;
     cfg.max_grad_norm = m;
-    NeuralMemoryState st;
-    st.weights = {x[7], x[8]};
-    auto piece = [&](int64_t a, int64_t e) {
-      return neural_memory(slice(x[0], 2, a, e), slice(x[1], 2, a, e), slice(x[2], 2, a, e), slice(x[3], 2, a, e),
-                           slice(x[4], 2, a, e), slice(x[5], 2, a, e), x[6], cfg, st);
-    };
-    Tensor y = concat({piece(0, 3), piece(3, T)}, 2);
-    autograd::run_backward({y}, {dy.to(dev)});
-    std::vector<Tensor> out{y.detach().to(Device::cpu()).to(DType::F64)};
-    for (const Tensor& l : x) out.push_back(l.grad().to(Device::cpu()).to(DType::F64));
-    return out;
+    return c.run(dev, cfg, 3);
   };
   // neural_memory reaches the kernels only when they are enabled (off by default).
   const bool was_enabled = memory_chunk_grads_cuda_enabled();

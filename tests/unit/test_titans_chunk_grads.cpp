@@ -12,11 +12,13 @@
 #include "autograd/node.h"
 #include "layers/titans/chunk_grads.h"
 #include "layers/titans/neural_memory.h"
+#include "neural_memory_case.h"
 #include "test_util.h"
 
 namespace seqtrain {
 namespace {
 
+using testing::NeuralMemoryCase;
 using testing::random_tensor;
 using testing::rel_error;
 
@@ -100,35 +102,13 @@ INSTANTIATE_TEST_SUITE_P(Sizes, TitansChunkGrads,
 
 TEST(TitansChunkGrads, NeuralMemoryFusedMatchesComposed) {
   // T = 11 with chunk 4 after a 1-token call: a partial head, complete chunks and a partial tail.
-  const int64_t B = 2, H = 2, T = 11, d = 5, h = 20;
-  std::vector<Tensor> base{random_tensor({B, H, T, d}, DType::F64, Device::cpu(), 11),
-                           random_tensor({B, H, T, d}, DType::F64, Device::cpu(), 12),
-                           random_tensor({B, H, T, d}, DType::F64, Device::cpu(), 13),
-                           random_tensor({B, H, T}, DType::F64, Device::cpu(), 14, 0.05, 0.4),
-                           random_tensor({B, H, T}, DType::F64, Device::cpu(), 15, -3.0, 0.0),
-                           random_tensor({B, H, T}, DType::F64, Device::cpu(), 16, -1.0, 2.0),
-                           random_tensor({1, H, 1, d}, DType::F64, Device::cpu(), 17, -0.5, 0.5),
-                           random_tensor({B, H, d, h}, DType::F64, Device::cpu(), 18, -0.6, 0.6),
-                           random_tensor({B, H, h, d}, DType::F64, Device::cpu(), 19, -0.6, 0.6)};
-  const Tensor dy = random_tensor({B, H, T, d}, DType::F64, Device::cpu(), 20);
+  const NeuralMemoryCase c(2, 2, 11, 5, 20, DType::F64, 1.0, 0.6);
   auto run = [&](bool fused, double m) {
-    std::vector<Tensor> x;
-    for (const Tensor& t : base) x.push_back(t.clone().set_requires_grad(true));
     NeuralMemoryConfig cfg;
     cfg.chunk = 4;
     cfg.fused = fused;
     cfg.max_grad_norm = m;
-    NeuralMemoryState st;
-    st.weights = {x[7], x[8]};
-    auto piece = [&](int64_t a, int64_t e) {
-      return neural_memory(slice(x[0], 2, a, e), slice(x[1], 2, a, e), slice(x[2], 2, a, e), slice(x[3], 2, a, e),
-                           slice(x[4], 2, a, e), slice(x[5], 2, a, e), x[6], cfg, st);
-    };
-    Tensor y = concat({piece(0, 1), piece(1, T)}, 2);
-    autograd::run_backward({y}, {dy});
-    std::vector<Tensor> out{y.detach()};
-    for (const Tensor& l : x) out.push_back(l.grad());
-    return out;
+    return c.run(Device::cpu(), cfg, 1);
   };
   for (double m : {0.0, kClampM}) {
     SCOPED_TRACE(m > 0 ? "clamp" : "no clamp");
