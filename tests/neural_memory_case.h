@@ -1,8 +1,9 @@
-// A random neural_memory case shared by the Titans memory tests (CPU fused vs composed, GPU vs CPU):
+// Helpers of the Titans memory tests. A random neural_memory case shared by them (CPU fused vs composed, GPU vs CPU):
 // q, k, v [B, H, T, d], the lr, alpha and eta logits [B, H, T], gamma [1, H, 1, d], W0 [B, H, d, h],
 // W1 [B, H, h, d] and an output gradient, run as two calls cut at `split` (a partial first chunk,
 // complete chunks, a partial tail).
 #pragma once
+#include <cmath>
 #include <vector>
 
 #include "autograd/functions.h"
@@ -11,6 +12,15 @@
 #include "test_util.h"
 
 namespace seqtrain::testing {
+
+// Row t of x [B, H, T, d] scaled by 10^(lo + (hi - lo) t / (T - 1)): tokens whose gradient norms span
+// several decades (the clamp's linear, nonlinear and saturated ranges).
+inline Tensor spread_rows(const Tensor& x, double lo, double hi) {
+  const int64_t T = x.size(2);
+  std::vector<double> f(static_cast<size_t>(T));
+  for (int64_t t = 0; t < T; ++t) f[size_t(t)] = std::pow(10.0, lo + (hi - lo) * double(t) / double(T - 1));
+  return mul(x, Tensor::from_vector(f, {1, 1, T, 1}, x.dtype()));
+}
 
 struct NeuralMemoryCase {
   std::vector<Tensor> inputs;  // q, k, v, lr, alpha_logit, eta_logit, gamma, W0, W1 (on the CPU)

@@ -58,13 +58,8 @@ std::vector<Tensor> results(const Operands& o) {
   return out;
 }
 
-// Row t of x [B, H, T, d] (f32) scaled by 10^(-2 + 4 t / (T - 1)).
-Tensor spread_rows(const Tensor& x) {
-  const int64_t T = x.size(2);
-  std::vector<double> f(static_cast<size_t>(T));
-  for (int64_t t = 0; t < T; ++t) f[size_t(t)] = std::pow(10.0, -2.0 + 4.0 * double(t) / double(T - 1));
-  return mul(x, Tensor::from_vector(f, {1, 1, T, 1}, DType::F32));
-}
+// The clamp cases scale the tokens' r, u rows by 10^-2 .. 10^2 (testing::spread_rows).
+Tensor spread_rows(const Tensor& x) { return testing::spread_rows(x, -2.0, 2.0); }
 
 TEST_P(TitansChunkGradsCuda, MatchesCpu) {
   const MemoryChunkDims s = GetParam();

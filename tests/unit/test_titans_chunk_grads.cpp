@@ -37,13 +37,8 @@ class TitansChunkGrads : public ::testing::TestWithParam<Size> {};
 // < 0.1, s_t ~ 1), some in its nonlinear range and some saturated (2 h_t / m > 3).
 constexpr double kClampM = 20.0;
 
-// Row t of [.., T, d] scaled by 10^(-1.5 + 2.5 t / (T - 1)).
-Tensor spread_rows(const Tensor& x) {
-  const int64_t T = x.size(2);
-  std::vector<double> f(static_cast<size_t>(T));
-  for (int64_t t = 0; t < T; ++t) f[size_t(t)] = std::pow(10.0, -1.5 + 2.5 * double(t) / double(T - 1));
-  return mul(x, Tensor::from_vector(f, {1, 1, T, 1}, DType::F64));
-}
+// The clamp cases scale the tokens' r, u rows by 10^-1.5 .. 10 (testing::spread_rows).
+Tensor spread_rows(const Tensor& x) { return testing::spread_rows(x, -1.5, 1.0); }
 
 TEST_P(TitansChunkGrads, FusedMatchesComposedOpsAndTheirGradients) {
   const Size s = GetParam();
