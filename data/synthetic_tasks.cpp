@@ -123,7 +123,7 @@ void induction(const train::TaskConfig& task, SampleRandom& rng, Sample s) {
   s.targets[T - 1] = s.inputs[trigger + 1];
 }
 
-void assoc_recall(const train::TaskConfig& task, SampleRandom& rng, Sample s) {
+void assoc_recall(const train::TaskConfig& task, bool label_repeats, SampleRandom& rng, Sample s) {
   const int64_t V = task.vocab_size, T = s.T, num_keys = (V - 1) / 2, pairs = (T - 2) / 2;
   std::vector<int32_t> value_of(static_cast<size_t>(num_keys), -1);  // drawn when a key first appears
   std::vector<int32_t> seen;
@@ -133,6 +133,8 @@ void assoc_recall(const train::TaskConfig& task, SampleRandom& rng, Sample s) {
     if (value < 0) {
       value = int32_t(num_keys + rng.below(V - 1 - num_keys));
       seen.push_back(key);
+    } else if (label_repeats) {
+      s.targets[2 * i] = value;
     }
     s.inputs[2 * i] = key;
     s.inputs[2 * i + 1] = value;
@@ -233,7 +235,8 @@ Batch TaskGenerator::generate(uint64_t stream, int64_t first_sample, int64_t cou
     if (task_.name == "mqar") mqar(task_, rng, s);
     else if (task_.name == "selective_copy") selective_copy(task_, rng, s);
     else if (task_.name == "induction") induction(task_, rng, s);
-    else if (task_.name == "assoc_recall") assoc_recall(task_, rng, s);
+    else if (task_.name == "assoc_recall")
+      assoc_recall(task_, stream == kTrainStream && task_.assoc_recall.train_labels == "repeats", rng, s);
     else passkey(task_, rng, s);
   }
   return batch;

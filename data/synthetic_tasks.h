@@ -17,14 +17,18 @@
 //   assoc_recall    safari's associative recall (one key): per sample, a random map from keys
 //                   [0, (V - 1) / 2) to values [(V - 1) / 2, V - 1); (T - 2) / 2 pairs k map(k) with
 //                   keys drawn with replacement, then the copy prefix V - 1 and one of the keys seen.
-//                   The target at T - 1 is its value: one answer. Needs an even T.
+//                   The target at T - 1 is its value: one answer. Needs an even T. With
+//                   assoc_recall.train_labels = repeats, training samples (not evaluation ones)
+//                   also label every value whose key appeared earlier in the sample (targets[2i] at
+//                   pair i), a varying number per sample: the same lookup, with more labels per step.
 //   passkey         Mohtashami & Jaggi's passkey retrieval, in bytes: the filler text "The grass is
 //                   green. ..." with "The pass key is N. Remember it. N is the pass key. " hidden at
 //                   a fraction `depth` of it, ending in "What is the pass key? The pass key is N".
 //                   The targets are the D digits of N: D answers.
 //
-// Every sample of a task at one length has the same number of answers, so a micro-batch's mean
-// loss over its answers weighs every answer of the global batch equally.
+// Every sample of a task at one length has the same number of answers (but for assoc_recall's
+// `repeats` training labels), so a micro-batch's mean loss over its answers weighs every answer of
+// the global batch equally.
 //
 // Sample i is a pure function of (seed, stream, T, i): training draws sample i of the training
 // stream by its global index, exactly like the token loader (data/token_loader.h), so the data do not

@@ -361,6 +361,10 @@ void fields(V& v, SelectiveCopyConfig& c) {
   v("num_tokens", c.num_tokens);
 }
 template <typename V>
+void fields(V& v, AssocRecallConfig& c) {
+  v("train_labels", c.train_labels);
+}
+template <typename V>
 void fields(V& v, PasskeyConfig& c) {
   v("digits", c.digits);
   v("depth", c.depth);
@@ -372,6 +376,7 @@ void fields(V& v, TaskConfig& c) {
   v("eval_lengths", c.eval_lengths);
   v("mqar", c.mqar);
   v("selective_copy", c.selective_copy);
+  v("assoc_recall", c.assoc_recall);
   v("passkey", c.passkey);
 }
 template <typename V>
@@ -1003,6 +1008,7 @@ void validate_task(const Validator& check, const Config& c) {
   check.positive("data.task.mqar.num_kv_pairs", t.mqar.num_kv_pairs);
   check.positive("data.task.mqar.power_a", t.mqar.power_a);
   check.positive("data.task.selective_copy.num_tokens", t.selective_copy.num_tokens);
+  check.one_of("data.task.assoc_recall.train_labels", t.assoc_recall.train_labels, {"query", "repeats"});
   check.positive("data.task.passkey.digits", t.passkey.digits);
   check.check(t.passkey.depth == -1 || (t.passkey.depth >= 0 && t.passkey.depth <= 1), "data.task.passkey.depth",
               str_cat("got ", t.passkey.depth, "; expected a fraction in [0, 1], or -1 for a random depth per sample"));
@@ -1276,12 +1282,13 @@ bool operator==(const MqarConfig& a, const MqarConfig& b) {
          std::tie(b.num_kv_pairs, b.power_a, b.random_non_queries);
 }
 bool operator==(const SelectiveCopyConfig& a, const SelectiveCopyConfig& b) { return a.num_tokens == b.num_tokens; }
+bool operator==(const AssocRecallConfig& a, const AssocRecallConfig& b) { return a.train_labels == b.train_labels; }
 bool operator==(const PasskeyConfig& a, const PasskeyConfig& b) {
   return std::tie(a.digits, a.depth) == std::tie(b.digits, b.depth);
 }
 bool operator==(const TaskConfig& a, const TaskConfig& b) {
-  return std::tie(a.name, a.vocab_size, a.eval_lengths, a.mqar, a.selective_copy, a.passkey) ==
-         std::tie(b.name, b.vocab_size, b.eval_lengths, b.mqar, b.selective_copy, b.passkey);
+  return std::tie(a.name, a.vocab_size, a.eval_lengths, a.mqar, a.selective_copy, a.assoc_recall, a.passkey) ==
+         std::tie(b.name, b.vocab_size, b.eval_lengths, b.mqar, b.selective_copy, b.assoc_recall, b.passkey);
 }
 bool operator==(const DataConfig& a, const DataConfig& b) {
   return std::tie(a.train, a.val, a.task) == std::tie(b.train, b.val, b.task);

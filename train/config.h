@@ -163,6 +163,13 @@ struct SelectiveCopyConfig {
   int64_t num_tokens = 16;  // M tokens to memorise among the noise, recalled after M markers
 };
 
+struct AssocRecallConfig {
+  // Which positions of a training sample carry a label: `query` (the final query only, as safari's
+  // generator) or `repeats` (also every value whose key appeared earlier in the sample: the same
+  // lookup, about (T - 2) / 2 - (V - 1) / 2 more labels per sample). Evaluation labels the query only.
+  std::string train_labels = "query";
+};
+
 struct PasskeyConfig {
   int64_t digits = 5;  // length of the number hidden in the filler text
   double depth = -1;   // where it is hidden, as a fraction of the filler; -1 = uniform per sample
@@ -174,6 +181,7 @@ struct TaskConfig {
   std::vector<int64_t> eval_lengths;  // extra evaluation lengths beside training.seq_len
   MqarConfig mqar;
   SelectiveCopyConfig selective_copy;
+  AssocRecallConfig assoc_recall;
   PasskeyConfig passkey;
 
   bool enabled() const { return name != "none"; }
@@ -257,6 +265,7 @@ bool operator==(const TitansConfig& a, const TitansConfig& b);
 bool operator==(const ModelConfig& a, const ModelConfig& b);
 bool operator==(const MqarConfig& a, const MqarConfig& b);
 bool operator==(const SelectiveCopyConfig& a, const SelectiveCopyConfig& b);
+bool operator==(const AssocRecallConfig& a, const AssocRecallConfig& b);
 bool operator==(const PasskeyConfig& a, const PasskeyConfig& b);
 bool operator==(const TaskConfig& a, const TaskConfig& b);
 bool operator==(const DataConfig& a, const DataConfig& b);

@@ -165,4 +165,22 @@ inline OffsetCalc<NARGS, Index> make_offset_calc(int ndim, const int64_t* shape,
   return c;
 }
 
+// ---- programmatic dependent launch (sm_90) ----
+
+// In a kernel launched with cudaLaunchAttributeProgrammaticStreamSerialization: block until the
+// grids it depends on (the previous kernel in the stream) have completed and their writes are
+// visible. Without the attribute it returns at once.
+__device__ __forceinline__ void wait_for_prerequisite_grids() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+// Lets the next kernel in the stream, when launched as a programmatic dependent, be scheduled
+// before this grid ends (it must still call wait_for_prerequisite_grids before reading our output).
+__device__ __forceinline__ void allow_dependent_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 }  // namespace seqtrain::cuda

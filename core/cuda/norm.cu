@@ -452,13 +452,22 @@ __global__ void __launch_bounds__(kPipeBlock, 2)
 
 #pragma unroll
   for (int s = 0; s + 1 < S; ++s) issue(first + s * stride, s);
+  // Programmatic dependent launch: the kernel summing the partial rows may be scheduled now; it
+  // waits (griddepcontrol.wait) until this grid has finished and its writes are visible.
+  allow_dependent_launch();
   int s_cur = 0, parity = 0;
+  // The row statistics are loaded one row ahead, so that their latency hides behind a row's work.
+  auto stats = [&](int64_t row, A& mu, A& rs) {
+    if (row < rows) mu = Center ? mean[row] : A(0), rs = rstd[row];
+  };
+  A mu_next = 0, rs_next = 0;
+  stats(first, mu_next, rs_next);
   // The loop bound is uniform over the group (the block when G = 256, whose reduction has a barrier).
   for (int64_t row = first; row < rows; row += stride) {
+    const A mu = mu_next, rs = rs_next;
+    stats(row + stride, mu_next, rs_next);
     issue(row + (S - 1) * stride, s_cur == 0 ? S - 1 : s_cur - 1);
     cp_async_wait<S - 1>();  // this row's copies (all but the S - 1 newest groups) have landed
-    const A mu = Center ? mean[row] : A(0);
-    const A rs = rstd[row];
     A sum_g = 0, sum_gx = 0;
 #pragma unroll
     for (int k = 0; k < K; ++k) {
@@ -557,6 +566,7 @@ __global__ void __launch_bounds__(kRedCols * kRedRows)
     sum_norm_partials_kernel(const A* __restrict__ partials, int P, int n, int width,
                              O* __restrict__ out0, O* __restrict__ out1) {
   __shared__ A sums[kRedRows][kRedCols + 1];
+  wait_for_prerequisite_grids();
   const int j = blockIdx.x * kRedCols + threadIdx.x;
   A acc[4] = {0, 0, 0, 0};
   if (j < width) {
@@ -656,10 +666,19 @@ void launch_persistent_backward(size_t smem, int groups_per_block, int unit, con
                                              rstd.data<A>(), dy.data<T>(), dx.data<T>(), partials.data<A>(), rows,
                                              n, chunks);
   CUDA_CHECK_LAUNCH(norm_backward_kernel);
-  const unsigned rgrid = unsigned((width + kRedCols - 1) / kRedCols);
-  sum_norm_partials_kernel<A, W><<<rgrid, dim3(kRedCols, kRedRows), 0, stream>>>(
-      partials.data<A>(), grid, n, width, dweight.data<W>(), HasBias ? dbias->data<W>() : nullptr);
-  CUDA_CHECK_LAUNCH(sum_norm_partials_kernel);
+  // Launched as a programmatic dependent of the backward kernel (which lets it be scheduled early):
+  // its blocks are resident and waiting when the last row is written, instead of launching then.
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(unsigned((width + kRedCols - 1) / kRedCols));
+  config.blockDim = dim3(kRedCols, kRedRows);
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  CUDA_CHECK(cudaLaunchKernelEx(&config, sum_norm_partials_kernel<A, W>, static_cast<const A*>(partials.data<A>()),
+                                grid, n, width, dweight.data<W>(), HasBias ? dbias->data<W>() : nullptr));
 }
 
 // The warp-per-row backward: one row group of R rows per warp.

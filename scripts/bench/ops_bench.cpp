@@ -33,14 +33,23 @@ struct Row {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string json_path;
+  std::string json_path, only;
+  const std::vector<std::string> sections = {"gemm", "cross_entropy", "norm", "elementwise", "adamw"};
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
-    else if (!std::strcmp(argv[i], "--help")) {
-      std::printf("usage: seqtrain_ops_bench [--json FILE]\n");
-      return 0;
+    else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
+    else {
+      std::printf("usage: seqtrain_ops_bench [--json FILE] [--only gemm|cross_entropy|norm|elementwise|adamw]\n"
+                  "  (the 2 GiB copy ceiling always runs)\n");
+      return std::strcmp(argv[i], "--help") ? 2 : 0;
     }
   }
+  if (!only.empty() && std::find(sections.begin(), sections.end(), only) == sections.end()) {
+    std::fprintf(stderr, "seqtrain_ops_bench: --only %s: expected one of gemm, cross_entropy, norm, elementwise, adamw\n",
+                 only.c_str());
+    return 2;
+  }
+  auto want = [&](const char* section) { return only.empty() || only == section; };
   if (!cuda_available()) {
     std::fprintf(stderr, "seqtrain_ops_bench: no CUDA device\n");
     return 1;
@@ -65,7 +74,7 @@ int main(int argc, char** argv) {
   dst = Tensor();
 
   // ---- bf16 GEMM 8192^3 (fp32 accumulate) ----
-  {
+  if (want("gemm")) {
     const int64_t n = 8192;
     Tensor a = Tensor::uniform({n, n}, -1, 1, 2, 0, DType::BF16, gpu);
     Tensor b = Tensor::uniform({n, n}, -1, 1, 3, 0, DType::BF16, gpu);
@@ -84,7 +93,7 @@ int main(int argc, char** argv) {
   };
 
   // ---- fused cross-entropy: GPT-2 head, 16K tokens x 50304 classes, bf16 logits ----
-  {
+  if (want("cross_entropy")) {
     const int64_t N = 16384, V = 50304;
     Tensor logits = Tensor::normal({N, V}, 0, 2, 4, 0, DType::BF16, gpu);
     Tensor targets = Tensor::uniform({N}, 0, double(V), 5, 0, DType::F32, gpu).to(DType::I32);
@@ -120,6 +129,7 @@ int main(int argc, char** argv) {
                     2.0 * half / copy_same_ms / 1e6 / copy_gbs, "copy"});
   };
   for (auto [N, D] : std::vector<std::pair<int64_t, int64_t>>{{16384, 768}, {65536, 768}, {16384, 4096}}) {
+    if (!want("norm")) break;
     std::vector<Tensor> x, dy;
     std::vector<ops::NormOut> o;
     for (int i = 0; i < kSets; ++i) {
@@ -143,19 +153,19 @@ int main(int argc, char** argv) {
   }
 
   // ---- elementwise and softmax, for reference ----
-  {
+  if (want("elementwise")) {
     const int64_t N = int64_t(1) << 28;
     Tensor x = Tensor::normal({N}, 0, 1, 10, 0, DType::BF16, gpu);
     bandwidth_row("gelu bf16 256M", 2.0 * N * 2, [&] { ops::unary(UnaryOp::Gelu, x); });
     Tensor y = Tensor::normal({N}, 0, 1, 11, 0, DType::BF16, gpu);
     bandwidth_row("add bf16 256M", 3.0 * N * 2, [&] { ops::add(x, y); });
   }
-  {
+  if (want("elementwise")) {
     const int64_t R = 8 * 12 * 1024, C = 1024;
     Tensor x = Tensor::normal({R, C}, 0, 1, 12, 0, DType::BF16, gpu);
     bandwidth_row("softmax fwd bf16 98304x1024", 2.0 * R * C * 2, [&] { ops::softmax(x); });
   }
-  {
+  if (want("adamw")) {
     const int64_t P = 124 * 1000 * 1000;  // GPT-2 small parameter count
     Tensor p = Tensor::normal({P}, 0, 0.02, 13, 0, DType::F32, gpu);
     Tensor g = Tensor::normal({P}, 0, 0.02, 14, 0, DType::F32, gpu);

@@ -7,8 +7,9 @@
 #   scripts/device/sweeps_background.sh wait SECONDS        wait until all are done or SECONDS pass, then collect
 #   scripts/device/sweeps_background.sh collect             pack the state (no checkpoints) into $OUT/sweeps.tar.gz
 #
-# Each sweep runs its trials JOBS at a time (default 2; the mqar sweep 3), so about a dozen small
-# trainings share the GPU; on one H100 everything finishes in about 22 minutes (2026-11-23).
+# Each sweep runs its trials JOBS at a time (default 2; mqar JOBS + 3 and induction JOBS + 1, the
+# sweeps with the most trial-seconds), so about sixteen small trainings share the GPU and the 16 CPU
+# cores; on one H100 everything (at 2 jobs each, mqar 3) finished in about 22 minutes (2026-11-23).
 # Outputs go to $SWEEP_ROOT (default /tmp/seqtrain-sweeps), OUTSIDE the repository: the device tool
 # re-syncs the working tree at every call and deletes files there that the local checkout lacks,
 # which is how a first attempt lost most of its trial folders. Call `start` at the end of one device
@@ -49,7 +50,7 @@ start)
         >"$root/titans-2000.log" 2>&1
       echo "titans-2000 exit $? after $(( $(date +%s) - $(cat "$root/start") )) s" >>"$root/done" ) &
     for name in "$@"; do
-      j=$jobs; [[ $name == mqar ]] && j=$(( jobs + 1 ))
+      j=$jobs; [[ $name == mqar ]] && j=$(( jobs + 3 )); [[ $name == induction ]] && j=$(( jobs + 1 ))
       ( "$bin" sweep configs/sweeps/$name.yaml --out "$root/sweeps/$name" --timeout 900 --jobs $j \
           --set run.device=cuda >"$root/$name.log" 2>&1
         echo "$name exit $? after $(( $(date +%s) - $(cat "$root/start") )) s" >>"$root/done" ) &

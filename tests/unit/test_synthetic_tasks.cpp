@@ -166,6 +166,39 @@ TEST(SyntheticTasks, AssocRecallAnswersTheQueriedKeysValue) {
   });
 }
 
+// train_labels = repeats: a training sample labels exactly the query and every value whose key
+// appeared in an earlier pair (with that key's value); evaluation samples keep the query only, and
+// the inputs do not change.
+TEST(SyntheticTasks, AssocRecallRepeatsLabelsEveryRecalledValueInTraining) {
+  const int64_t V = 21, T = 40, n = 32;
+  TaskConfig cfg = task("assoc_recall", V);
+  const Batch query_only = TaskGenerator(cfg, 4).get_batch(0, n, T);
+  cfg.assoc_recall.train_labels = "repeats";
+  const TaskGenerator gen(cfg, 4);
+  const Batch b = gen.get_batch(0, n, T);
+  int64_t labels = 0;
+  for (int64_t s = 0; s < n; ++s) {
+    const std::vector<int32_t> in = row(b.inputs, s), tg = row(b.targets, s);
+    EXPECT_EQ(in, row(query_only.inputs, s));
+    std::vector<int64_t> expected;
+    std::set<int32_t> seen;
+    for (int64_t i = 0; 2 * i + 1 < T - 2; ++i) {
+      if (seen.count(in[2 * i])) {
+        expected.push_back(2 * i);
+        EXPECT_EQ(tg[2 * i], in[2 * i + 1]);
+      }
+      seen.insert(in[2 * i]);
+    }
+    expected.push_back(T - 1);
+    EXPECT_EQ(answer_positions(tg), expected);
+    EXPECT_EQ(tg[T - 1], row(query_only.targets, s)[T - 1]);
+    labels += int64_t(expected.size());
+  }
+  EXPECT_GT(labels, 5 * n) << "19 pairs over 10 keys repeat about 9 keys per sample";
+  const Batch eval = gen.get_eval_batch(0, n, T);
+  for (int64_t s = 0; s < n; ++s) EXPECT_EQ(answer_positions(row(eval.targets, s)), std::vector<int64_t>{T - 1});
+}
+
 TEST(SyntheticTasks, PasskeyHidesTheNumberAtTheRequestedDepth) {
   TaskConfig cfg = task("passkey", 256);
   cfg.passkey.digits = 4;
@@ -273,6 +306,8 @@ TEST(TaskConfig, ReadsChecksAndRoundTrips) {
   expect_config_error(task_config("{name: none, eval_lengths: [64]}"), {"data.task.eval_lengths", "none"});
   expect_config_error(task_config("{name: passkey, vocab_size: 64}"), {"data.task.vocab_size", "ASCII"});
   expect_config_error(task_config("{name: passkey, vocab_size: 64, passkey: {depth: 1.5}}"), {"data.task.passkey.depth"});
+  expect_config_error(task_config("{name: assoc_recall, vocab_size: 64, assoc_recall: {train_labels: all}}"),
+                      {"data.task.assoc_recall.train_labels", "all", "repeats"});
   expect_config_error(task_config("{name: mqar, vocab_size: 64, mqar: {num_kv_pair: 2}}"),
                       {"data.task.mqar.num_kv_pair", "did you mean 'num_kv_pairs'"});
   expect_config_error(
