@@ -55,7 +55,10 @@ std::unique_ptr<Communicator> make_mpi_communicator(const ProcessGroup& group);
 // The NCCL implementation for CUDA tensors on `device` (builds with SEQTRAIN_CUDA only): rank 0 of
 // the group creates the NCCL unique id and broadcasts it over the group's MPI communicator.
 std::unique_ptr<Communicator> make_nccl_communicator(const ProcessGroup& group, Device device);
-// The communicator for tensors on `device`: NCCL for CUDA, MPI for the CPU.
+// The communicator of a one-process group: every collective is the identity.
+std::unique_ptr<Communicator> make_self_communicator();
+// The communicator for tensors on `device`: NCCL for CUDA, MPI for the CPU, and for a group of
+// one process the identity (make_self_communicator).
 std::unique_ptr<Communicator> make_communicator(const ProcessGroup& group, Device device);
 
 }  // namespace seqtrain::distributed

@@ -133,6 +133,7 @@ std::unique_ptr<Communicator> make_mpi_communicator(const ProcessGroup& group) {
 }
 
 std::unique_ptr<Communicator> make_communicator(const ProcessGroup& group, Device device) {
+  if (group.size == 1) return make_self_communicator();
   if (device.is_cuda()) return make_nccl_communicator(group, device);
   return make_mpi_communicator(group);
 }

@@ -57,7 +57,7 @@ bool memory_chunk_grads_cuda_enabled() {
   int on = g_cuda_enabled.load();
   if (on < 0) {
     const char* env = std::getenv("SEQTRAIN_TITANS_FUSED_CUDA");
-    on = env != nullptr && std::string(env) == "1";
+    on = env == nullptr || std::string(env) != "0";
     g_cuda_enabled.store(on);
   }
   return on == 1;

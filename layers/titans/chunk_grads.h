@@ -131,9 +131,9 @@ std::vector<Tensor> memory_chunk_grads(const Tensor& w0, const Tensor& w1, const
 // use (the composed ops otherwise).
 bool memory_chunk_grads_supported(const Tensor& w0, int64_t C, int64_t d, int64_t h);
 
-// Whether neural_memory sends CUDA tensors to the fused kernels. Off by default until the kernels
-// (written, emulated on the CPU) have passed tests/cuda/test_titans_chunk_grads_cuda.cpp on a GPU;
-// SEQTRAIN_TITANS_FUSED_CUDA=1 in the environment turns it on, and tests set it. Direct calls of
+// Whether neural_memory sends CUDA tensors to the fused kernels: on (they pass
+// tests/cuda/test_titans_chunk_grads_cuda.cpp on an H100, 2026-11-23); SEQTRAIN_TITANS_FUSED_CUDA=0
+// in the environment turns them off (the composed ops then run, e.g. to compare). Direct calls of
 // memory_chunk_grads on CUDA tensors always reach the kernels.
 bool memory_chunk_grads_cuda_enabled();
 void set_memory_chunk_grads_cuda_enabled(bool on);

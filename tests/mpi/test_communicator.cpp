@@ -176,5 +176,26 @@ TEST(GradReducerTest, SumsEveryGradientAcrossBuckets) {
   }
 }
 
+// make_communicator gives a one-process group the identity communicator (no MPI transport, no
+// NCCL), whatever the world size: every rank's own group of one.
+TEST(SelfCommunicator, OneProcessGroupsGetTheIdentity) {
+  distributed::Mesh mesh(test::mpi_world(), -1, 1, 1);  // dp = world size; tp = cp = 1
+  auto comm = distributed::make_communicator(mesh.tp_group(), Device::cpu());
+  ASSERT_EQ(comm->size(), 1);
+  EXPECT_EQ(comm->rank(), 0);
+  Tensor t = Tensor::from_vector({1, -2, 3}, {3}, DType::F32);
+  for (Reduction op : {Reduction::Sum, Reduction::Max, Reduction::Min}) comm->all_reduce(t, op);
+  EXPECT_EQ(t.to_vector(), (std::vector<double>{1, -2, 3}));
+  Tensor gathered = comm->all_gather(t), scattered = comm->reduce_scatter(t);
+  EXPECT_EQ(gathered.to_vector(), t.to_vector());
+  EXPECT_EQ(scattered.to_vector(), t.to_vector());
+  EXPECT_NE(gathered.data_ptr(), t.data_ptr()) << "a new tensor, as from the other communicators";
+  comm->broadcast(t, 0);
+  comm->barrier();
+  EXPECT_THROW(comm->broadcast(t, 1), Error);
+  EXPECT_THROW(comm->send(t, 1), Error);
+  EXPECT_THROW(comm->recv(t, 0), Error);
+}
+
 }  // namespace
 }  // namespace seqtrain
