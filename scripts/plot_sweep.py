@@ -56,10 +56,16 @@ def plot_metric_vs_x(results, swept, group, x, metric, path):
     fig, ax = plt.subplots(figsize=(7, 5))
     keys = ([group] if group else []) + rest
     series = ok.groupby(keys if len(keys) > 1 else keys[0]) if keys else [("all trials", ok)]
+    # Colour by the first key's value (e.g. the mixer), line style by the rest (e.g. the width), so
+    # that a dozen series stay apart.
+    colours, styles = {}, {}
     for name, part in series:
         part = part.assign(_x=numeric(part[x])).sort_values("_x")
-        label = " ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, name if len(keys) > 1 else (name,)))
-        ax.plot(part["_x"], part[metric], "o-", label=label or name)
+        values = name if len(keys) > 1 else (name,)
+        label = " ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, values))
+        colour = colours.setdefault(values[0], f"C{len(colours) % 10}")
+        style = styles.setdefault(tuple(values[1:]), ["-", "--", ":", "-."][len(styles) % 4])
+        ax.plot(part["_x"], part[metric], marker="o", linestyle=style, color=colour, label=label or name)
     ax.set_xlabel(x)
     ax.set_ylabel(metric)
     if "acc" in metric:
