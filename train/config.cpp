@@ -1171,6 +1171,38 @@ std::string to_yaml(const Config& config) {
   return std::string(out.c_str()) + "\n";
 }
 
+namespace {
+
+std::string flow(const YAML::Node& n) {
+  if (!n.IsDefined()) return "(absent)";
+  YAML::Emitter out;
+  out << YAML::Flow << n;
+  return out.c_str();
+}
+
+void collect_differences(const YAML::Node& a, const YAML::Node& b, const std::string& prefix,
+                         std::vector<std::string>& out) {
+  if (a.IsMap() && b.IsMap()) {
+    std::vector<std::string> keys;
+    for (const auto& kv : a) keys.push_back(kv.first.Scalar());
+    for (const auto& kv : b)
+      if (!a[kv.first.Scalar()]) keys.push_back(kv.first.Scalar());
+    for (const std::string& k : keys) collect_differences(a[k], b[k], prefix.empty() ? k : prefix + "." + k, out);
+    return;
+  }
+  const std::string fa = flow(a), fb = flow(b);
+  if (fa != fb) out.push_back(prefix + ": " + fa + " vs " + fb);
+}
+
+}  // namespace
+
+std::vector<std::string> config_differences(const Config& a, const Config& b) {
+  std::vector<std::string> out;
+  if (a == b) return out;
+  collect_differences(YAML::Load(to_yaml(a)), YAML::Load(to_yaml(b)), "", out);
+  return out;
+}
+
 // ---- ModelConfig ---------------------------------------------------------------------------------
 
 std::vector<std::string> ModelConfig::resolved_layers() const {

@@ -291,6 +291,10 @@ Config parse_config(const std::string& yaml_text, const std::string& source_name
 // parse_config reads back to an equal Config.
 std::string to_yaml(const Config& config);
 
+// The keys whose values differ between two configs, as "dotted.key: <a> vs <b>" (values in flow
+// YAML), in to_yaml's key order; empty when a == b.
+std::vector<std::string> config_differences(const Config& a, const Config& b);
+
 // Levenshtein distance between two keys (for "did you mean" suggestions).
 size_t edit_distance(const std::string& a, const std::string& b);
 

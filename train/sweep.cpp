@@ -644,9 +644,56 @@ SweepSpec load_sweep(const std::string& path, const SweepOptions& options) {
   return spec;
 }
 
+// Trial folders left by an earlier run of the sweep whose trial.yaml differs from the config the
+// spec gives now (trial ids hash only the axis values, so a changed base, `set` or --set keeps the
+// id): an error naming them and the changed keys, or with --rerun-changed renamed aside so that
+// they run again. Checked before any trial starts.
+void check_changed_trials(const SweepSpec& spec, const SweepOptions& options) {
+  const fs::path trials = fs::path(spec.out) / "trials";
+  std::vector<std::pair<const Trial*, std::vector<std::string>>> changed;
+  for (const Trial& t : spec.trials) {
+    const fs::path file = trials / t.id / "trial.yaml";
+    if (!fs::exists(file)) continue;
+    std::vector<std::string> diff;
+    try {
+      Config earlier = load_config(file.string());
+      earlier.run.dir = t.config.run.dir;  // where the sweep folder lies now, if it was moved
+      diff = config_differences(earlier, t.config);
+    } catch (const std::exception& e) {
+      diff = {std::string("unreadable: ") + e.what()};
+    }
+    if (!diff.empty()) changed.emplace_back(&t, std::move(diff));
+  }
+  if (changed.empty()) return;
+  if (options.rerun_changed) {
+    for (const auto& [t, diff] : changed) {
+      fs::path aside;
+      for (int k = 1; fs::exists(aside = trials / (t->id + ".changed-" + std::to_string(k))); ++k) {
+      }
+      fs::rename(trials / t->id, aside);
+      std::printf("trial %s (%s): config changed (%s%s); earlier run moved to %s\n", t->id.c_str(),
+                  describe(*t).c_str(), diff[0].c_str(), diff.size() > 1 ? ", ..." : "", aside.string().c_str());
+    }
+    return;
+  }
+  std::ostringstream msg;
+  msg << changed.size() << " trial folder(s) in " << spec.out
+      << " hold a run of another config than the spec gives now (earlier vs now):";
+  for (size_t i = 0; i < changed.size() && i < 5; ++i) {
+    const auto& [t, diff] = changed[i];
+    msg << "\n  " << t->id << " (" << describe(*t) << "): " << diff[0];
+    if (diff.size() > 1) msg << " (+" << diff.size() - 1 << " more)";
+  }
+  if (changed.size() > 5) msg << "\n  ... and " << changed.size() - 5 << " more";
+  msg << "\nexpected the same config; use another --out, or --rerun-changed to move those folders aside"
+         " (trials/<id>.changed-K) and run them again";
+  throw ConfigError(msg.str());
+}
+
 int run_sweep(const SweepSpec& spec, const SweepOptions& options, const std::string& self) {
   ST_CHECK(options.jobs >= 1, "sweep: jobs must be >= 1, got ", options.jobs);
   const fs::path out = spec.out;
+  check_changed_trials(spec, options);
   fs::create_directories(out / "trials");
   fs::copy_file(spec.path, out / "spec.yaml", fs::copy_options::overwrite_existing);
   const size_t n = spec.trials.size(), jobs = size_t(options.jobs);

@@ -46,6 +46,8 @@ struct SweepOptions {
   std::string out;               // replaces the spec's `out` when not empty
   double timeout_s = 0;          // > 0: a trial running longer is killed (status timeout)
   bool retry_failed = false;     // re-run trials whose summary says nan | crash | timeout | oom
+  bool rerun_changed = false;    // set aside (trials/<id>.changed-K) and re-run trials whose folder
+                                 // holds a config other than the spec now gives; else that is an error
   int64_t jobs = 1;              // trial processes at once (>= 1)
   std::vector<int> gpus;         // not empty: job slot s runs with CUDA_VISIBLE_DEVICES=gpus[s % size]
 };

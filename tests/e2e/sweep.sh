@@ -128,7 +128,25 @@ done_before=$(ls stopped/trials/*/summary.json 2>/dev/null | wc -l)
 resume_parallel_sweep stopped "$done_before"
 echo "ok  --jobs 2 stopped by SIGTERM after $done_before of 4 trials (exit 143, no trial left running); the re-run completed the rest"
 
-# (6) Invalid specs and options: one line on stderr, nothing created.
+# (6) The spec changed under finished trials (ids hash only the axis values): the re-run stops before
+# starting anything and names the changed key; --rerun-changed moves the old folders aside and re-runs.
+cp -r straight changed
+"$bin" sweep tiny.yaml --out changed "${common[@]}" --set optimizer.lr=1.23e-4 >changed.txt 2>changed-err.txt \
+  && fail "changed config: exit status 0, expected an error"
+grep -qF "optimizer.lr: 0.003 vs 0.000123" changed-err.txt && grep -qF -- "--rerun-changed" changed-err.txt \
+  || fail "changed config: stderr lacks the key, the new value or the way out: $(cat changed-err.txt)"
+grep -q "done before\|^\[" changed.txt && fail "changed config: trials were visited: $(cat changed.txt)"
+diff <(stable_columns straight/results.csv) <(stable_columns changed/results.csv) >/dev/null \
+  || fail "changed config: results.csv was touched"
+"$bin" sweep tiny.yaml --out changed "${common[@]}" --set optimizer.lr=1.23e-4 --rerun-changed >rerun.txt 2>&1 \
+  || fail "--rerun-changed exited $?: $(tail -5 rerun.txt)"
+[[ $(ls -d changed/trials/*.changed-1 | wc -l) -eq 4 ]] || fail "--rerun-changed: expected 4 folders set aside: $(ls changed/trials)"
+[[ $(grep -c '^\[[0-9]/4\] .*: ok, val loss' rerun.txt) -eq 4 ]] || fail "--rerun-changed: expected 4 trials run: $(cat rerun.txt)"
+[[ $(grep -l "lr: 0.000123" changed/trials/*/trial.yaml | wc -l) -eq 4 ]] \
+  || fail "--rerun-changed: the new trials do not have the new lr"
+echo "ok  a changed config stops the re-run naming the key ($(head -2 changed-err.txt | tail -1 | sed 's/^ *//')); --rerun-changed set 4 folders aside and re-ran them"
+
+# (7) Invalid specs and options: one line on stderr, nothing created.
 sed 's/^repeats:/repeets:/' tiny.yaml >typo.yaml
 expect_error "unknown key" "typo.yaml" "repeets" "did you mean 'repeats'" -- "$bin" sweep typo.yaml --out bad1 "${common[@]}"
 sed 's/model.d_model: \[32, 48\]/model.d_model: []/' tiny.yaml >empty.yaml

@@ -73,6 +73,18 @@ TEST(Config, DefaultsMatchTheIssueExample) {
   EXPECT_EQ(example.run.seed, 1234u);
 }
 
+// config_differences names every differing key by its dotted path, with both values, in key order.
+TEST(Config, DifferencesNameTheDottedKeys) {
+  const Config a = parse_config(kIssueExample, "a.yaml");
+  EXPECT_TRUE(config_differences(a, a).empty());
+  const Config b = parse_config(kIssueExample, "b.yaml", {"optimizer.lr=1.0e-3", "model.pattern=[mamba, attn]"});
+  const std::vector<std::string> diff = config_differences(a, b);
+  ASSERT_EQ(diff.size(), 2u) << ::testing::PrintToString(diff);
+  EXPECT_EQ(diff[0].rfind("model.pattern: ", 0), 0u) << diff[0];
+  EXPECT_NE(diff[0].find("[mamba, attn]"), std::string::npos) << diff[0];
+  EXPECT_EQ(diff[1], "optimizer.lr: 0.0003 vs 0.001");
+}
+
 TEST(Config, PresetExpandsAndExplicitKeysOverrideKeyByKey) {
   Config c = parse_config("model:\n  preset: gpt2-124m\n  n_layers: 2\n  attn: {n_heads: 6, n_kv_heads: 0}\n", "run.yaml");
   EXPECT_EQ(c.model.preset, "gpt2-124m");

@@ -35,7 +35,7 @@ const char* kUsage =
     "  inspect CHECKPOINT.h5\n"
     "  bench CONFIG.yaml [--steps N] [--warmup N] [--set key=value ...]\n"
     "  layer-run CASE.h5 OUT.h5                  run one layer on given weights and inputs\n"
-    "  sweep SWEEP.yaml [--set key=value ...] [--out DIR] [--timeout S] [--retry-failed] [--jobs N]\n"
+    "  sweep SWEEP.yaml [--set key=value ...] [--out DIR] [--timeout S] [--retry-failed] [--rerun-changed] [--jobs N]\n"
     "        [--gpus LIST]\n"
     "\n"
     "Run 'seqtrain <command> --help' for a command's options.\n";
@@ -275,17 +275,21 @@ std::vector<int> parse_gpus(const std::string& list) {
 }
 
 int cmd_sweep(int argc, char** argv) {
-  // --retry-failed is a flag; Args only knows "--name value" options.
+  // --retry-failed and --rerun-changed are flags; Args only knows "--name value" options.
   std::vector<char*> rest(argv, argv + argc);
-  bool retry_failed = false;
+  bool retry_failed = false, rerun_changed = false;
   rest.erase(std::remove_if(rest.begin() + 2, rest.end(),
-                            [&](char* s) { return std::strcmp(s, "--retry-failed") == 0 && (retry_failed = true); }),
+                            [&](char* s) {
+                              if (std::strcmp(s, "--retry-failed") == 0) return retry_failed = true;
+                              if (std::strcmp(s, "--rerun-changed") == 0) return rerun_changed = true;
+                              return false;
+                            }),
              rest.end());
   Args a(int(rest.size()), rest.data(), 2, {"set", "out", "timeout", "jobs", "gpus"});
   if (a.help) {
     std::printf(
         "usage: seqtrain sweep SWEEP.yaml [--set key=value ...] [--out DIR] [--timeout SECONDS] [--retry-failed]\n"
-        "                      [--jobs N] [--gpus LIST]\n\n"
+        "                      [--rerun-changed] [--jobs N] [--gpus LIST]\n\n"
         "Runs one training per point of a hyperparameter sweep, --jobs N at a time (default 1), each as\n"
         "a child 'seqtrain train' in <out>/trials/<id>/ (id: a hash of the point's values and repeat\n"
         "index).\n"
@@ -311,7 +315,11 @@ int cmd_sweep(int argc, char** argv) {
         "bpb, for tasks the answer accuracy val_acc, best_val_acc, val_seq_acc and val_acc@L per\n"
         "data.task.eval_lengths entry, median tokens/s, tokens seen, wall time); <out>/results.csv is\n"
         "rebuilt from them. A re-run skips trials that finished ok and resumes a killed one from its\n"
-        "last checkpoint; failed ones re-run only with --retry-failed. --timeout kills a trial (SIGKILL)\n"
+        "last checkpoint; failed ones re-run only with --retry-failed. A trial folder whose trial.yaml\n"
+        "differs from the config the spec gives now (a changed base, set or --set: the id hashes only\n"
+        "the axis values) stops the sweep before anything starts, naming the changed keys;\n"
+        "--rerun-changed moves such folders aside (trials/<id>.changed-K) and runs them again.\n"
+        "--timeout kills a trial (SIGKILL)\n"
         "after SECONDS. --set applies to every trial (e.g. data paths). Plots and report.md:\n"
         "scripts/plot_sweep.py, run at the end when python3 has matplotlib and pandas.\n\n"
         "--jobs N: at most N trials run at once, started in trial order; each trial's line is printed\n"
@@ -328,6 +336,7 @@ int cmd_sweep(int argc, char** argv) {
   options.out = a.get("out");
   options.timeout_s = a.number("timeout", 0);
   options.retry_failed = retry_failed;
+  options.rerun_changed = rerun_changed;
   const std::string jobs = a.get("jobs", "1");
   if (jobs.empty() || jobs.size() > 6 || jobs.find_first_not_of("0123456789") != std::string::npos ||
       std::stoll(jobs) < 1)
