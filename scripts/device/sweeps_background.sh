@@ -16,8 +16,9 @@
 # re-syncs the working tree at every call and deletes files there that the local checkout lacks,
 # which is how a first attempt lost most of its trial folders. Call `start` at the end of one device
 # call and `wait` in the next ones without pause (the machine goes back after 30 s idle).
-# STATE=DIR (a carried copy of an earlier $SWEEP_ROOT/sweeps, e.g. unpacked from sweeps.tar.gz) seeds
-# a fresh machine: finished trials are skipped, failed ones (crash, oom, timeout) retried.
+# STATE=DIR (a carried copy of an earlier $SWEEP_ROOT/sweeps) or STATE_TAR=FILE (an archive with a
+# sweeps/ folder, e.g. docs/results/sweeps/h100/trials.tar.xz, which travels with the repository)
+# seeds a fresh machine: finished trials are skipped, failed ones (crash, oom, timeout) retried.
 # TITANS=0 leaves the Titans run out.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -46,6 +47,9 @@ start)
   cmake --build build -j "$(nproc)" --target seqtrain >/tmp/build.log 2>&1 || { grep -A3 error /tmp/build.log | head -40; exit 1; }
   mkdir -p "$root"
   [[ -n ${STATE:-} && ! -d $root/sweeps ]] && cp -r "$STATE" "$root/sweeps"
+  if [[ -n ${STATE_TAR:-} && ! -d $root/sweeps ]]; then
+    mkdir -p "$root/unpack" && tar -C "$root/unpack" -xf "$STATE_TAR" && mv "$root/unpack/sweeps" "$root/sweeps" && rm -rf "$root/unpack"
+  fi
   date +%s >"$root/start"
   bin=$PWD/build/seqtrain
   # One process session for everything, so that it outlives this device call.
