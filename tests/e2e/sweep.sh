@@ -112,8 +112,14 @@ echo "ok  --jobs 2 killed (SIGKILL, sweep and trials) after $done_before of 4 tr
 
 # (5) SIGTERM to a --jobs 2 sweep alone: it stops its running trials and exits 143; no trial outlives
 # it, none it stopped has a summary, and the re-run completes them.
+# (Both first trials may end together, leaving the sweep between trials for a moment: wait for the
+# next trial to start.)
 start_parallel_sweep stopped
-children=$(pgrep -P $pid)
+for _ in $(seq 500); do
+  children=$(pgrep -P $pid)
+  [[ -n $children ]] && break
+  sleep 0.01
+done
 [[ -n $children ]] || fail "SIGTERM: no trial running when the sweep was signalled"
 kill -TERM $pid; wait $pid; status=$?
 [[ $status -eq 143 ]] || fail "SIGTERM: the sweep exited $status, expected 143: $(tail -5 stopped.txt)"
