@@ -667,9 +667,9 @@ void check_changed_trials(const SweepSpec& spec, const SweepOptions& options) {
   if (changed.empty()) return;
   if (options.rerun_changed) {
     for (const auto& [t, diff] : changed) {
-      fs::path aside;
-      for (int k = 1; fs::exists(aside = trials / (t->id + ".changed-" + std::to_string(k))); ++k) {
-      }
+      int k = 1;
+      while (fs::exists(trials / (t->id + ".changed-" + std::to_string(k)))) ++k;
+      const fs::path aside = trials / (t->id + ".changed-" + std::to_string(k));
       fs::rename(trials / t->id, aside);
       std::printf("trial %s (%s): config changed (%s%s); earlier run moved to %s\n", t->id.c_str(),
                   describe(*t).c_str(), diff[0].c_str(), diff.size() > 1 ? ", ..." : "", aside.string().c_str());
