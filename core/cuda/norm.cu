@@ -29,6 +29,27 @@ namespace {
 // it has fewer registers to spare.)
 constexpr int kForwardCache = 8, kBackwardCache = 4;
 
+// Rounds a chunk of computed values to the output type. bf16 takes the hardware's conversion of
+// a pair per instruction (cvt.rn.bf16x2.f32, sm_80+): the same round-to-nearest-even as
+// float_to_bf16, whose six integer instructions per element were a sixth of the backward kernel's
+// instructions; only a NaN's payload differs (the canonical 0x7fff).
+template <class T, int N, class A>
+__device__ __forceinline__ Chunk<T, N> round_chunk(const A (&v)[N]) {
+  Chunk<T, N> c;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if constexpr (std::is_same_v<T, bf16> && std::is_same_v<A, float> && N % 2 == 0) {
+    uint32_t pairs[N / 2];  // element 2i in the low half
+#pragma unroll
+    for (int i = 0; i < N / 2; ++i) asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(pairs[i]) : "f"(v[2 * i + 1]), "f"(v[2 * i]));
+    __builtin_memcpy(&c, pairs, sizeof(c));
+    return c;
+  }
+#endif
+#pragma unroll
+  for (int i = 0; i < N; ++i) c.v[i] = to_storage<T>(v[i]);
+  return c;
+}
+
 // Parameter chunk `c` (slot i): from registers when cached, else from memory (L2).
 template <int VEC, int CACHE, class W>
 __device__ __forceinline__ Chunk<W, VEC> param_chunk(const W* p, int c, int i,
@@ -85,14 +106,14 @@ __global__ void __launch_bounds__(kMaxGroup, 1)
     const WC wc = load_chunk<VEC>(weight + size_t(ci) * VEC);
     WC bc{};
     if (Center && bias != nullptr) bc = load_chunk<VEC>(bias + size_t(ci) * VEC);
-    C out;
+    A out[VEC];
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
       A v = (elem(c, i) - mean) * rstd * to_acc(wc.v[i]);
       if (Center && bias != nullptr) v += to_acc(bc.v[i]);
-      out.v[i] = to_storage<T>(v);
+      out[i] = v;
     }
-    store_chunk<VEC>(yr + size_t(ci) * VEC, out);
+    store_chunk<VEC>(yr + size_t(ci) * VEC, round_chunk<T>(out));
   });
   if (valid && lane == 0) {
     if constexpr (Center) mean_out[row] = mean;
@@ -168,15 +189,15 @@ __global__ void __launch_bounds__(kMaxGroup, 1)
     for_chunks2<VEC>(xr, xc, dyr, dyc, my_chunks, lane, group,
                      [&](int ci, int s, const C& xv, const C& dyv) {
       const WC wc = param_chunk<VEC>(weight, ci, s, w_cache);
-      C out;
+      A out[VEC];
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
         const A d = elem(dyv, i), xhat = (elem(xv, i) - mu) * rs;
-        out.v[i] = to_storage<T>(rs * (d * to_acc(wc.v[i]) - mean_g - xhat * mean_gx));
+        out[i] = rs * (d * to_acc(wc.v[i]) - mean_g - xhat * mean_gx);
         acc[slot(ci, i)] += d * xhat;
         if (has_bias) acc[n + slot(ci, i)] += d;
       }
-      store_chunk<VEC>(dxr + size_t(ci) * VEC, out);
+      store_chunk<VEC>(dxr + size_t(ci) * VEC, round_chunk<T>(out));
     });
   }
 
@@ -214,16 +235,19 @@ __device__ __forceinline__ void load_row(const T* r, int chunks, int lane, Chunk
 
 // Resident 256-thread blocks per SM the warp kernels are compiled for (register cap
 // 65536 / (256 * blocks)): the forward caches 16 * R * K bytes of x per lane, so R * K <= 3 fits in 40
-// registers (48 warps per SM), R * K <= 6 in 48 (40 warps). The backward keeps its weight-gradient sums in shared memory, so
+// registers (48 warps per SM), R * K <= 6 in 48 (40 warps), and more in 80 (24 warps: at 64, rows of
+// 8 chunks spilled once the bf16 outputs took the paired conversion of round_chunk). The backward keeps its weight-gradient sums in shared memory, so
 // its registers hold only the R rows of x and dy in flight: 4 blocks (64 registers) for
 // R * K <= 4, else 3 (80 registers).
-template <int K, int R> constexpr int forward_warp_min_blocks() { return R * K <= 3 ? 6 : R * K <= 6 ? 5 : 4; }
+template <int K, int R> constexpr int forward_warp_min_blocks() { return R * K <= 3 ? 6 : R * K <= 6 ? 5 : 3; }
 template <int K, int R> constexpr int backward_warp_min_blocks() { return R * K <= 4 ? 4 : 3; }
 
-// Forward, one warp per R consecutive rows (R = 2 for short rows: twice the loads in flight per
-// warp); block b handles rows b * 8R .. b * 8R + 8R - 1. All R rows are loaded before any
-// arithmetic.
-template <int K> constexpr int forward_rows_in_flight() { return K <= 3 ? 2 : 1; }
+// Forward, one warp per R consecutive rows (R = 2 for rows of up to 2 chunks per lane: twice the
+// loads in flight per warp); block b handles rows b * 8R .. b * 8R + 8R - 1. All R rows are loaded
+// before any arithmetic. At 3 chunks per lane (bf16 rows of 768) one row per warp (48 warps per
+// SM) measured fastest on the H100 at 16384 x 768: 22 us, against 23 with two rows (40 warps), 26
+// with four (32 warps) and 31 with one row at 64 warps per SM, which spills (docs/benchmarks.md, run F).
+template <int K> constexpr int forward_rows_in_flight() { return K <= 2 ? 2 : 1; }
 
 template <class T, class W, int VEC, int K, int R, bool Center>
 __global__ void __launch_bounds__(kWarpBlock, (forward_warp_min_blocks<K, R>()))
@@ -278,14 +302,14 @@ __global__ void __launch_bounds__(kWarpBlock, (forward_warp_min_blocks<K, R>()))
         const WC wc = load_chunk<VEC>(weight + size_t(ci) * VEC);
         WC bc{};
         if (Center && bias != nullptr) bc = load_chunk<VEC>(bias + size_t(ci) * VEC);
-        C out;
+        A out[VEC];
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
           A v = (elem(xc[r][k], i) - mean) * rstd * to_acc(wc.v[i]);
           if (Center && bias != nullptr) v += to_acc(bc.v[i]);
-          out.v[i] = to_storage<T>(v);
+          out[i] = v;
         }
-        store_chunk<VEC>(yr + size_t(ci) * VEC, out);
+        store_chunk<VEC>(yr + size_t(ci) * VEC, round_chunk<T>(out));
       }
     }
     if (lane == 0) {
@@ -362,16 +386,16 @@ __global__ void __launch_bounds__(kWarpBlock, (backward_warp_min_blocks<K, R>())
         const int ci = lane + k * kWarpSize;
         if (ci < chunks) {
           const WC wc = load_chunk<VEC>(weight + size_t(ci) * VEC);
-          C out;
+          A out[VEC];
 #pragma unroll
           for (int i = 0; i < VEC; ++i) {
             const A d = elem(dyc[r][k], i), xhat = (elem(xc[r][k], i) - mu[r]) * rs[r];
-            out.v[i] = to_storage<T>(rs[r] * (d * to_acc(wc.v[i]) - mean_g[r] - xhat * mean_gx[r]));
+            out[i] = rs[r] * (d * to_acc(wc.v[i]) - mean_g[r] - xhat * mean_gx[r]);
             const int s = (k * VEC + i) * kWarpSize + lane;
             acc[s] += d * xhat;
             if constexpr (HasBias) acc[kSlots + s] += d;
           }
-          store_chunk<VEC>(dxr + size_t(ci) * VEC, out);
+          store_chunk<VEC>(dxr + size_t(ci) * VEC, round_chunk<T>(out));
         }
       }
     }
@@ -504,15 +528,15 @@ __global__ void __launch_bounds__(kPipeBlock, 2)
       if (ci < chunks) {
         const C xv = *slot(s_cur, 0, k), dyv = *slot(s_cur, 1, k);
         const WC wc = load_chunk<VEC>(weight + size_t(ci) * VEC);
-        C out;
+        A out[VEC];
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
           const A d = elem(dyv, i), xhat = (elem(xv, i) - mu) * rs;
-          out.v[i] = to_storage<T>(rs * (d * to_acc(wc.v[i]) - mean_g - xhat * mean_gx));
+          out[i] = rs * (d * to_acc(wc.v[i]) - mean_g - xhat * mean_gx);
           dw[k][i] += d * xhat;
           if constexpr (HasBias) db[k][i] += d;
         }
-        store_chunk<VEC>(dxr + size_t(ci) * VEC, out);
+        store_chunk<VEC>(dxr + size_t(ci) * VEC, round_chunk<T>(out));
       }
     }
     s_cur = s_cur + 1 == S ? 0 : s_cur + 1;

@@ -128,7 +128,7 @@ int main(int argc, char** argv) {
     rows.push_back({"  (copy of the same bytes)", copy_same_ms, 2.0 * half / copy_same_ms / 1e6, "GB/s",
                     2.0 * half / copy_same_ms / 1e6 / copy_gbs, "copy"});
   };
-  for (auto [N, D] : std::vector<std::pair<int64_t, int64_t>>{{16384, 768}, {65536, 768}, {16384, 4096}}) {
+  for (auto [N, D] : std::vector<std::pair<int64_t, int64_t>>{{16384, 768}, {65536, 768}, {16384, 1024}, {16384, 2048}, {16384, 4096}}) {
     if (!want("norm")) break;
     std::vector<Tensor> x, dy;
     std::vector<ops::NormOut> o;
