@@ -425,12 +425,15 @@ __global__ void __launch_bounds__(kWarpBlock, (backward_warp_min_blocks<K, R>())
 // row at the end (fixed order: the result depends only on the shape and the device).
 // Bytes as the other backward kernels (3 * rows * n * sizeof(T) + partials); shared memory
 // 256 * S * 2 * K * 16 bytes per block.
+// Full: every thread owns all K of its chunks in every row (chunks == G * K, e.g. bf16 rows of 768
+// at G = 32, K = 3), so the per-chunk bounds checks, and the branches that kept the compiler from
+// interleaving the K chunks' work, are compiled out.
 constexpr int kPipeBlock = 256, kPipeStages = 3;
 static_assert(kPipeBlock == kWarpBlock, "launch_persistent_backward launches kWarpBlock threads");
 
 template <int G, int K, int S> constexpr size_t pipe_stage_bytes() { return size_t(kPipeBlock) * S * 2 * K * 16; }
 
-template <class T, class W, int G, int K, int S, bool Center, bool HasBias>
+template <class T, class W, int G, int K, int S, bool Center, bool HasBias, bool Full>
 __global__ void __launch_bounds__(kPipeBlock, 2)
     norm_backward_pipelined_kernel(const T* __restrict__ x, const W* __restrict__ weight,
                                    const acc_t<T>* __restrict__ mean, const acc_t<T>* __restrict__ rstd,
@@ -459,7 +462,7 @@ __global__ void __launch_bounds__(kPipeBlock, 2)
 #pragma unroll
       for (int k = 0; k < K; ++k) {
         const int ci = lane + k * G;
-        if (ci < chunks) {
+        if (Full || ci < chunks) {
           cp_async16(smem_addr(slot(s, 0, k)), xr + size_t(ci) * VEC, true);
           cp_async16(smem_addr(slot(s, 1, k)), dyr + size_t(ci) * VEC, true);
         }
@@ -496,14 +499,14 @@ __global__ void __launch_bounds__(kPipeBlock, 2)
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const int ci = lane + k * G;
-      if (ci < chunks) {
+      if (Full || ci < chunks) {
         const C xv = *slot(s_cur, 0, k), dyv = *slot(s_cur, 1, k);
         const WC wc = load_chunk<VEC>(weight + size_t(ci) * VEC);
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
           const A gi = elem(dyv, i) * to_acc(wc.v[i]);
           sum_g += gi;
-          sum_gx += gi * ((elem(xv, i) - mu) * rs);
+          sum_gx += gi * (elem(xv, i) - mu);  // times rs after the reduction
         }
       }
     }
@@ -520,12 +523,12 @@ __global__ void __launch_bounds__(kPipeBlock, 2)
       parity ^= 1;
     }
     const A mean_g = Center ? sum_g / A(n) : A(0);
-    const A mean_gx = sum_gx / A(n);
+    const A mean_gx = sum_gx * rs / A(n);
     T* dxr = dx + size_t(row) * size_t(n);
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const int ci = lane + k * G;
-      if (ci < chunks) {
+      if (Full || ci < chunks) {
         const C xv = *slot(s_cur, 0, k), dyv = *slot(s_cur, 1, k);
         const WC wc = load_chunk<VEC>(weight + size_t(ci) * VEC);
         A out[VEC];
@@ -551,7 +554,7 @@ __global__ void __launch_bounds__(kPipeBlock, 2)
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const int ci = lane + k * G;
-      if (ci < chunks)
+      if (Full || ci < chunks)
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
           out[ci * VEC + i] = dw[k][i];
@@ -564,7 +567,7 @@ __global__ void __launch_bounds__(kPipeBlock, 2)
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const int ci = lane + k * G;
-      if (ci < chunks)
+      if (Full || ci < chunks)
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
           sums[size_t(g) * width + ci * VEC + i] = dw[k][i];
@@ -725,8 +728,12 @@ void launch_backward_pipelined(const Tensor& x, const Tensor& weight, const Tens
   constexpr size_t stage_bytes = pipe_stage_bytes<G, K, S>();
   constexpr size_t max_sums = size_t(kGroups) * 2 * G * K * kVec<T> * sizeof(acc_t<T>);
   constexpr size_t smem = kGroups == 1 || stage_bytes >= max_sums ? stage_bytes : max_sums;
-  launch_persistent_backward<norm_backward_pipelined_kernel<T, W, G, K, S, Center, HasBias>, T, W, HasBias>(
-      smem, kGroups, 1, x, weight, mean, rstd, dy, dx, dweight, dbias, rows, n, chunks, stream);
+  if (chunks == G * K)
+    launch_persistent_backward<norm_backward_pipelined_kernel<T, W, G, K, S, Center, HasBias, true>, T, W, HasBias>(
+        smem, kGroups, 1, x, weight, mean, rstd, dy, dx, dweight, dbias, rows, n, chunks, stream);
+  else
+    launch_persistent_backward<norm_backward_pipelined_kernel<T, W, G, K, S, Center, HasBias, false>, T, W, HasBias>(
+        smem, kGroups, 1, x, weight, mean, rstd, dy, dx, dweight, dbias, rows, n, chunks, stream);
 }
 
 // Calls f(integral_constant<G>, integral_constant<K>) for the pipelined backward's shape of a row of
