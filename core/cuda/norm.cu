@@ -584,9 +584,10 @@ __global__ void __launch_bounds__(kPipeBlock, 2)
 }
 
 // out0[j] (j < n) and out1[j - n] (n <= j < width) = sum_p partials[p * width + j], p < P, in a
-// fixed order: thread row ty sums p = ty, ty + 32, ... in four interleaved running sums (added
-// in order at the end), then the 32 thread rows are added in order. Block (32, 32) per 32
-// columns: enough loads in flight that the few-MB partial matrix is read at near-L2 speed.
+// fixed order: thread row ty sums p = ty, ty + 32, ... eight loads at a time (all issued before
+// they are added, in a fixed tree), then warp w adds column w's 32 thread-row sums in a fixed
+// shuffle tree. Block (32, 32) per 32 columns; at P = 256 (16384 x 768) each thread issues its
+// eight loads at once, so the kernel is about one L2 round trip.
 constexpr int kRedCols = 32, kRedRows = 32;
 template <class A, class O>
 __global__ void __launch_bounds__(kRedCols * kRedRows)
@@ -595,26 +596,26 @@ __global__ void __launch_bounds__(kRedCols * kRedRows)
   __shared__ A sums[kRedRows][kRedCols + 1];
   wait_for_prerequisite_grids();
   const int j = blockIdx.x * kRedCols + threadIdx.x;
-  A acc[4] = {0, 0, 0, 0};
+  A acc = 0;
   if (j < width) {
     int p = threadIdx.y;
-    for (; p + 3 * kRedRows < P; p += 4 * kRedRows) {
+    for (; p + 7 * kRedRows < P; p += 8 * kRedRows) {
+      A v[8];
 #pragma unroll
-      for (int u = 0; u < 4; ++u) acc[u] += partials[size_t(p + u * kRedRows) * width + j];
+      for (int u = 0; u < 8; ++u) v[u] = partials[size_t(p + u * kRedRows) * width + j];
+      acc += ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
     }
-#pragma unroll
-    for (int u = 0; u < 3; ++u)
-      if (p + u * kRedRows < P) acc[u] += partials[size_t(p + u * kRedRows) * width + j];
+    for (; p < P; p += kRedRows) acc += partials[size_t(p) * width + j];
   }
-  sums[threadIdx.y][threadIdx.x] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  sums[threadIdx.y][threadIdx.x] = acc;
   __syncthreads();
-  if (threadIdx.y == 0 && j < width) {
-    A s = sums[0][threadIdx.x];
-    for (int i = 1; i < kRedRows; ++i) s += sums[i][threadIdx.x];
-    if (j < n)
-      out0[j] = to_storage<O>(s);
+  const A total = warp_sum(sums[threadIdx.x][threadIdx.y]);  // warp ty: column blockIdx.x * 32 + ty
+  const int col = blockIdx.x * kRedCols + threadIdx.y;
+  if (threadIdx.x == 0 && col < width) {
+    if (col < n)
+      out0[col] = to_storage<O>(total);
     else
-      out1[j - n] = to_storage<O>(s);
+      out1[col - n] = to_storage<O>(total);
   }
 }
 
