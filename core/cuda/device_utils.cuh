@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "core/cuda/runtime.h"
 #include "core/dtype.h"
 
 namespace seqtrain::cuda {
@@ -181,6 +182,27 @@ __device__ __forceinline__ void allow_dependent_launch() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
+}
+
+// Launches `kernel` as a programmatic dependent of the previous kernel in `stream`: its blocks may
+// be scheduled while that kernel still runs (once it has called allow_dependent_launch, or as its
+// blocks exit), so the launch latency hides behind it. The kernel must call
+// wait_for_prerequisite_grids before it reads anything an earlier kernel wrote, or writes anything
+// an earlier kernel reads.
+template <class... Params, class... Args>
+void launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                      Args&&... args) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...));
 }
 
 }  // namespace seqtrain::cuda
