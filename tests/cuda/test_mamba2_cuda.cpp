@@ -6,7 +6,7 @@
 //         reference recurrence (ssd_reference) on the same f32 values; and the GPU within the same
 //         bound of the CPU's f32 chunked result;
 //   bf16: x, B, C in bf16 (f32 compute): the GPU's error against ref at most 2x the error of the
-//         naive implementation (the CPU backend's bf16 run of the same op) + 1e-6;
+//         naive implementation (the CPU backend's bf16 run of the same op) + 1e-5;
 //   the Mamba2 mixer on the GPU against the CPU in f32 (output, input and parameter gradients),
 //   and its step-by-step generation on the GPU against its forward.
 // Sizes include T = 1, lengths the chunk does not divide, odd head sizes and grouped B, C.
@@ -144,7 +144,10 @@ TEST_F(Mamba2Cuda, SsdBf16WithinTwiceTheNaiveError) {
       EXPECT_EQ(gpu.out[i].dtype(), naive.out[i].dtype()) << kNames[i];
       const double err = rel_error(gpu.out[i], ref.out[i]), err_naive = rel_error(naive.out[i], ref.out[i]);
       std::printf("[bf16] %s %s: gpu %.3g, naive cpu %.3g\n", describe(c).c_str(), kNames[i], err, err_naive);
-      EXPECT_LE(err, 2 * err_naive + 1e-6) << describe(c) << " " << kNames[i];
+      // Plus the f32 test's bound: h_final, ddt, dA, dD and dh0 are f32, computed in f32 from the
+      // same rounded inputs as the reference, so their error is f32 rounding in the GPU's order of
+      // summation, not bf16's (SEQTRAIN_TEST_SEED=12: dA at T = 1, 1.2e-6 against the CPU's 7e-8).
+      EXPECT_LE(err, 2 * err_naive + kF32Tol) << describe(c) << " " << kNames[i];
     }
   }
 }
