@@ -19,6 +19,7 @@ struct Case {
   std::string name;
   std::function<Inputs()> make_inputs;  // leaves; those to check have requires_grad
   autograd::GradcheckFn fn;
+  autograd::GradcheckOptions options = {};
 };
 
 Tensor leaf(const Shape& s, double lo = -1.0, double hi = 1.0) {
@@ -34,6 +35,15 @@ Tensor transposed_leaf(int64_t rows, int64_t cols) {
 Tensor strided_leaf(int64_t rows, int64_t cols) {
   Tensor base = random_tensor({rows, 2 * cols});
   Tensor t = base.as_strided({rows, cols}, {2 * cols, 2}, 0);
+  t.set_requires_grad(true);
+  return t;
+}
+
+// A leaf whose values are multiples of 1/64 in [-1, 1]: exact in bf16 (and f32), as are x +- 1/64,
+// so a finite difference taken with eps = 1/64 sees no rounding from a cast.
+Tensor grid_leaf(const Shape& s) {
+  Tensor k = random_tensor(s, DType::F64, Device::cpu(), 0, -64, 64).to(DType::I64);  // truncates
+  Tensor t = ops::scale(k.to(DType::F64), 1.0 / 64);
   t.set_requires_grad(true);
   return t;
 }
@@ -176,6 +186,15 @@ std::vector<Case> all_cases() {
                  auto parts = split(in[0], {2, 4, 1}, 0);
                  return Inputs{exp(parts[0]), square(parts[1]), parts[2]};
                }});
+  // ---- dtype casts: f64 -> f32 / bf16 -> f64 on the exact grid. x^2 is exact in f32 there, so the
+  // f32 case keeps the default tolerance; the bf16 case's gradient is the cotangent rounded to bf16
+  // (8 bits) on the way back, as the cast's backward must do, hence rtol 1/128.
+  c.push_back({"cast f32 round trip", [] { return Inputs{grid_leaf({7, 33})}; },
+               [](const Inputs& in) { return Inputs{cast(square(cast(in[0], DType::F32)), DType::F64)}; },
+               {1.0 / 64}});
+  c.push_back({"cast bf16 round trip", [] { return Inputs{grid_leaf({257})}; },
+               [](const Inputs& in) { return Inputs{mul(cast(cast(in[0], DType::BF16), DType::F64), in[0])}; },
+               {1.0 / 64, 1e-7, 1.0 / 128}});
   // ---- composition and recompute ----
   c.push_back({"mlp block", [] { return Inputs{leaf({2, 3, 4}), leaf({8, 4}), leaf({8}), leaf({4, 8})}; },
                [](const Inputs& in) { return Inputs{add(in[0], linear(gelu(linear(in[0], in[1], in[2])), in[3]))}; }});
@@ -195,7 +214,7 @@ class GradcheckOps : public ::testing::TestWithParam<Case> {};
 TEST_P(GradcheckOps, MatchesFiniteDifferences) {
   const Case& c = GetParam();
   Inputs inputs = c.make_inputs();
-  autograd::GradcheckResult r = gradcheck(c.fn, inputs);
+  autograd::GradcheckResult r = gradcheck(c.fn, inputs, c.options);
   EXPECT_TRUE(r.ok) << c.name << ": max abs error " << r.max_abs_error << "\n" << r.report;
 }
 
