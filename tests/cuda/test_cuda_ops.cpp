@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "autograd/functions.h"
 #include "core/ops.h"
 #include "test_util.h"
 
@@ -825,6 +826,32 @@ TEST_F(CudaOps, ConcatMatchesCpu) {
       expect_identical(got, ops::concat(views(pieces_cpu), dim),
                        std::string("concat dim ") + std::to_string(dim) + " " + dtype_name(dt));
     }
+}
+
+// ---------------------------------------------------------------------------- autograd across devices
+
+// to_device and cast carry the gradient back to the leaf's own device and dtype: a CPU f32 leaf used
+// on the GPU in bf16 gets a CPU f32 gradient equal to the CPU-only computation's. (gradcheck, CPU
+// only, covers cast; this is to_device's test.)
+TEST_F(CudaOps, ToDeviceAndCastCarryGradientsBack) {
+  Tensor x = rnd({7, 257}, DType::F32);
+  x.set_requires_grad(true);
+  Tensor w = rnd({7, 257}, DType::F32);
+  // loss = sum(w * x^2), the square taken on the GPU in bf16
+  Tensor xb = cast(to_device(x, kGpu), DType::BF16);
+  Tensor y = to_device(cast(square(xb), DType::F32), Device::cpu());
+  sum_all(mul(w, y)).backward();
+  ASSERT_TRUE(x.grad().defined());
+  EXPECT_FALSE(x.grad().is_cuda());
+  EXPECT_EQ(x.grad().dtype(), DType::F32);
+  // The same computed on the CPU, and 2 x w (x rounded to bf16): within bf16 rounding (2^-8).
+  Tensor x_cpu = x.detach().to(DType::BF16).to(DType::F32);
+  x_cpu.set_requires_grad(true);
+  Tensor y_cpu = cast(square(cast(x_cpu, DType::BF16)), DType::F32);
+  sum_all(mul(w, y_cpu)).backward();
+  EXPECT_LE(rel_error(x.grad(), x_cpu.grad()), 1e-2) << "x.grad against the CPU computation";
+  Tensor want = ops::mul(ops::scale(x.detach().to(DType::BF16).to(DType::F32), 2.0), w);
+  EXPECT_LE(rel_error(x.grad(), want), 1e-2) << "x.grad against 2 x w";
 }
 
 }  // namespace
