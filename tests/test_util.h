@@ -60,6 +60,14 @@ inline double rel_error(const Tensor& a, const Tensor& b) {
   return rel_error(a.to_vector(), b.to_vector());
 }
 
+// The f32 tolerance on rel_error for an output whose elements each sum `n` terms (DESIGN.md §8:
+// 1e-5..1e-4). Up to 4096 terms an f32 result stays within 1e-5 of the f64 reference; beyond, the
+// summation order (a tree of warp/block partials on the GPU, blocked loops on the CPU) leaves errors
+// that grow like sqrt(n) ulps of the partial sums, and where the terms cancel (Mamba-2's dA, one
+// number per head from B*T*P*N terms: 1.3e-5 on the CPU itself at SEQTRAIN_TEST_SEED=15) relative to
+// a smaller result; those get 1e-4.
+inline double f32_tol(int64_t n) { return n >= 4097 ? 1e-4 : 1e-5; }
+
 inline double max_abs_diff(const Tensor& a, const Tensor& b) {
   std::vector<double> x = a.to_vector(), y = b.to_vector();
   double m = 0;

@@ -2,11 +2,16 @@
 // inputs with every output poisoned (NaN) beforehand. Each comparison also runs the CPU scan in
 // f64 on the same values (bf16 and f32 inputs widen exactly) as the reference, and holds the GPU
 // to the CPU's own error:
-//   f32 outputs (o, lse, final state, dscores, dinitial, and dv for f32 v): the norm-relative error
-//     against f64 within 2x the CPU f32 scan's + 1e-5 (the f32 convention). Both sum the same
-//     terms in f32 but in another order (segment summaries, warp scans), so neither is exact, and
-//     the small [B, H] aggregates (dinitial.m sums terms that partly cancel) can lose a few digits
-//     in either. Infinite entries (lse = -inf before the first finite score) must match exactly.
+//   f32 outputs (o, lse, final state, dscores, dinitial.num/den, and dv for f32 v): the
+//     norm-relative error against f64 within 2x the CPU f32 scan's + 1e-5 (the f32 convention).
+//     Both sum the same terms in f32 but in another order (segment summaries, warp scans), so
+//     neither is exact. Infinite entries (lse = -inf before the first finite score) must match
+//     exactly.
+//   dinitial.m [B, H] = <dnum0, num0> + dden0 den0 (+ gm), a sum of a few large terms that cancel:
+//     its error is measured per element against the size of those terms (|dm0 - ref| / sum of
+//     |terms|), the error an f32 sum of them can be held to; same rule (2x the CPU's + 1e-5).
+//     Relative to |dm0| itself both backends lose digits by chance (SEQTRAIN_TEST_SEED=15: wide
+//     scores, CPU 5.3e-4, GPU 1.9e-3).
 //   bf16 outputs (o, dv): max |gpu - ref| <= 2 max |cpu - ref| + 1e-6 max |ref|. The CPU rounds
 //     once from f32, which is tighter than a naive bf16 composition (the rule of
 //     test_attention_cuda.cpp): the GPU must be a single-rounding implementation too.
@@ -189,6 +194,40 @@ void expect_within_cpu_error(const Case& c, const std::string& what, const Tenso
   }
 }
 
+// dinitial.m against the reference, per (b, h) relative to the terms it sums (see the header):
+//   dm0 = <dnum0, num0> + dden0 den0 (+ gm = dm_final - <dnum_final, num_final> - dden_final den_final
+//   when m0 is the first maximum among (m0, s_0, ...)). The terms are taken from the reference.
+void expect_dm0_within_cpu_error(const Case& c, const Inputs& x, const AarenScanOut& ref_fwd, const Tensor& gpu,
+                                 const Tensor& cpu, const AarenScanGrads& ref) {
+  const Vec g = host(gpu), p = host(cpu), r = host(ref.dinitial.m);
+  const Vec m0 = host(x.initial.m), num0 = host(x.initial.num), den0 = host(x.initial.den);
+  const Vec dnum0 = host(ref.dinitial.num), dden0 = host(ref.dinitial.den), s = host(x.scores);
+  const bool dfinal = c.dfinal != Dfinal::None;
+  const Vec numT = dfinal ? host(ref_fwd.final_state.num) : Vec(), denT = dfinal ? host(ref_fwd.final_state.den) : Vec();
+  const Vec dnumT = dfinal ? host(x.dfinal.num) : Vec();
+  const Vec dmT = c.dfinal == Dfinal::All ? host(x.dfinal.m) : Vec(r.size(), 0.0);
+  const Vec ddenT = c.dfinal == Dfinal::All ? host(x.dfinal.den) : Vec(r.size(), 0.0);
+  double err_gpu = 0, err_cpu = 0;
+  for (int64_t bh = 0; bh < c.B * c.H; ++bh) {
+    const int64_t b = bh / c.H, h = bh % c.H;
+    const size_t i = size_t(bh);
+    double scale = std::abs(dden0[i] * den0[i]);
+    for (int64_t e = 0; e < c.d; ++e) scale += std::abs(dnum0[size_t(bh * c.d + e)] * num0[size_t(bh * c.d + e)]);
+    bool m0_first_max = true;
+    for (int64_t t = 0; t < c.T; ++t) m0_first_max = m0_first_max && !(s[size_t((b * c.T + t) * c.H + h)] > m0[i]);
+    if (dfinal && m0_first_max) {
+      scale += std::abs(dmT[i]) + std::abs(ddenT[i] * denT[i]);
+      for (int64_t e = 0; e < c.d; ++e) scale += std::abs(dnumT[size_t(bh * c.d + e)] * numT[size_t(bh * c.d + e)]);
+    }
+    scale = std::max(scale, 1e-30);
+    const double eg = std::abs(g[i] - r[i]) / scale, ec = std::abs(p[i] - r[i]) / scale;
+    err_gpu = std::isnan(eg) || std::isnan(err_gpu) ? NAN : std::max(err_gpu, eg);  // NaN never passes
+    err_cpu = std::isnan(ec) || std::isnan(err_cpu) ? NAN : std::max(err_cpu, ec);
+  }
+  EXPECT_LE(err_gpu, 2 * err_cpu + 1e-5) << "dinitial.m " << describe(c) << ": gpu error " << err_gpu
+                                         << ", cpu error " << err_cpu << " (of the terms' size)";
+}
+
 void check(const Case& c, DType dt) {
   const Inputs x = make_inputs(c, dt);
   const AarenScanOut gpu = forward(c, x, dt, Device::cuda());
@@ -207,7 +246,7 @@ void check(const Case& c, DType dt) {
   expect_within_cpu_error(c, "dscores", gg.dscores, gc.dscores, gr.dscores);
   expect_within_cpu_error(c, "dv", gg.dv, gc.dv, gr.dv);
   if (c.initial) {
-    expect_within_cpu_error(c, "dinitial.m", gg.dinitial.m, gc.dinitial.m, gr.dinitial.m);
+    expect_dm0_within_cpu_error(c, x, ref, gg.dinitial.m, gc.dinitial.m, gr);
     expect_within_cpu_error(c, "dinitial.num", gg.dinitial.num, gc.dinitial.num, gr.dinitial.num);
     expect_within_cpu_error(c, "dinitial.den", gg.dinitial.den, gc.dinitial.den, gr.dinitial.den);
   } else {

@@ -29,6 +29,7 @@ void PrintTo(DType t, std::ostream* os) { *os << dtype_name(t); }
 
 namespace {
 
+using testing::f32_tol;
 using testing::max_abs_diff;
 using testing::random_tensor;
 using testing::rel_error;
@@ -56,11 +57,6 @@ INSTANTIATE_TEST_SUITE_P(GpuDtypes, CudaOpsByDtype, ::testing::Values(DType::F32
                            return std::string(dtype_name(info.param));
                          });
 
-// f32 tolerance for an output whose elements each combine `n` terms. Up to 4096 terms the GPU's
-// f32 result stays within 1e-5 of the f64 reference; beyond, the f32 summation order (a tree of
-// warp/block partials on the GPU) leaves errors that grow like sqrt(n) ulps of the partial sums,
-// which can reach the 1e-5 level for n ~ 1e4..1e6, so those get 1e-4.
-double f32_tol(int64_t n) { return n >= 4097 ? 1e-4 : 1e-5; }
 
 Tensor rnd(const Shape& s, DType dt, double lo = -1.0, double hi = 1.0) {
   return random_tensor(s, dt, Device::cpu(), 0, lo, hi);

@@ -2,9 +2,10 @@
 // composition of ops as on the CPU (batched GEMMs, broadcast elementwise ops, cumsum), so this
 // checks that composition end to end on the device, forward and backward, with every allocation
 // poisoned (an element no kernel wrote reads as NaN and fails):
-//   f32:  ||gpu - ref|| / ||ref|| <= 1e-5 for y, h_final and every gradient, ref being the f64
-//         reference recurrence (ssd_reference) on the same f32 values; and the GPU within the same
-//         bound of the CPU's f32 chunked result;
+//   f32:  ||gpu - ref|| / ||ref|| <= 1e-5 for y, h_final and every gradient (1e-4 for dA and dD,
+//         sums over the whole sequence: see kF32Tol), ref being the f64 reference recurrence
+//         (ssd_reference) on the same f32 values; and the GPU within the same bound of the CPU's
+//         f32 chunked result;
 //   bf16: x, B, C in bf16 (f32 compute): the GPU's error against ref at most 2x the error of the
 //         naive implementation (the CPU backend's bf16 run of the same op) + 1e-5;
 //   the Mamba2 mixer on the GPU against the CPU in f32 (output, input and parameter gradients),
@@ -30,9 +31,12 @@ using testing::max_abs_diff;
 using testing::random_tensor;
 using testing::rel_error;
 
-// f32 tolerance, the repository's: on the CPU at these sizes the f32 chunked form stays within
-// 2e-6 of the f64 reference (y, h_final and every gradient; dA, which sums over B * T tokens, is
-// the largest), which leaves a 5x margin for the GPU's GEMM summation orders.
+// f32 tolerance, the repository's (testing::f32_tol): on the CPU at these sizes the f32 chunked
+// form stays within 1.2e-6 of the f64 reference for y, h_final and every gradient but dA (seeds
+// default, 11-17), a 5x margin under 1e-5 for the GPU's GEMM summation orders. dA (one number per
+// head, summing B*T*P*N terms that partly cancel) reached 1.3e-5 on the CPU itself at
+// SEQTRAIN_TEST_SEED=15 (the GPU 1.9e-5, 2.2e-6 from the CPU): dA and dD, the whole-sequence
+// reductions, get f32_tol of their term count, 1e-4 beyond 4096 terms.
 constexpr double kF32Tol = 1e-5;
 const Device kGpu = Device::cuda(0);
 
@@ -50,6 +54,12 @@ struct Case {
 };
 std::string describe(const Case& c) {
   return str_cat("B=", c.B, " T=", c.T, " H=", c.H, " P=", c.P, " G=", c.G, " N=", c.N, " chunk=", c.chunk);
+}
+// The f32 tolerance of an output, by the number of terms each of its elements sums.
+double f32_tol_of(const Case& c, const std::string& output) {
+  if (output == "dA") return testing::f32_tol(c.B * c.T * c.P * c.N);
+  if (output == "dD") return testing::f32_tol(c.B * c.T * c.P);
+  return kF32Tol;
 }
 
 const Case kCases[] = {
@@ -129,8 +139,8 @@ TEST_F(Mamba2Cuda, SsdF32MatchesReferenceAndCpu) {
       const double err = rel_error(gpu.out[i], ref.out[i]), err_cpu = rel_error(gpu.out[i], cpu.out[i]);
       std::printf("[f32] %s %s: gpu vs f64 ref %.3g, gpu vs cpu f32 %.3g\n", describe(c).c_str(), kNames[i], err,
                   err_cpu);
-      EXPECT_LE(err, kF32Tol) << describe(c) << " " << kNames[i];
-      EXPECT_LE(err_cpu, kF32Tol) << describe(c) << " " << kNames[i];
+      EXPECT_LE(err, f32_tol_of(c, kNames[i])) << describe(c) << " " << kNames[i];
+      EXPECT_LE(err_cpu, f32_tol_of(c, kNames[i])) << describe(c) << " " << kNames[i];
     }
   }
 }
@@ -147,7 +157,7 @@ TEST_F(Mamba2Cuda, SsdBf16WithinTwiceTheNaiveError) {
       // Plus the f32 test's bound: h_final, ddt, dA, dD and dh0 are f32, computed in f32 from the
       // same rounded inputs as the reference, so their error is f32 rounding in the GPU's order of
       // summation, not bf16's (SEQTRAIN_TEST_SEED=12: dA at T = 1, 1.2e-6 against the CPU's 7e-8).
-      EXPECT_LE(err, 2 * err_naive + kF32Tol) << describe(c) << " " << kNames[i];
+      EXPECT_LE(err, 2 * err_naive + f32_tol_of(c, kNames[i])) << describe(c) << " " << kNames[i];
     }
   }
 }
